@@ -1,0 +1,196 @@
+"""The Craft command line: `python -m craft.main [command] [--gin_file=...] [--flags]`.
+
+Without a command it runs what the gin files configure. Gin flags (`--gin_file`, `--gin_param`,
+`--gin.Name.field=value`) may appear anywhere; they are taken out before fire reads the rest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import fire
+
+from craft import config
+from craft.data.config import DataConfig, TokenizerConfig
+from craft.data.prepare import PreparedData, default_prepared_dir, prepare
+from craft.data.sources import SOURCES, resolve_source
+from craft.data.sources.got import fetch_got
+from craft.data.text import read_text
+from craft.data.tokenizers import SentencePieceTokenizer
+from craft.errors import ConfigError, CraftError
+from craft.runs import RunConfig, create_run_dir, write_effective_config
+
+
+class Commands:
+    """Craft: build, train and evaluate functional PyTorch models.
+
+    Every command accepts --gin_file=FILE (repeatable, later files win), --gin_param="Name.field
+    = value" (repeatable) and --gin.Name.field=value. Without a command, runs what the gin files
+    configure.
+    """
+
+    def __init__(self, gin_files: Sequence[str], gin_params: Sequence[str]):
+        self._gin_files = list(gin_files)
+        self._gin_params = list(gin_params)
+
+    def run(self) -> None:
+        """Run the configured job: fetch and prepare its data, writing a run folder."""
+        configs = self._configs()
+        run_cfg = configs[RunConfig.__name__]
+        data_cfg = configs[DataConfig.__name__]
+        tok_cfg = configs[TokenizerConfig.__name__]
+        assert isinstance(run_cfg, RunConfig) and isinstance(data_cfg, DataConfig)
+        assert isinstance(tok_cfg, TokenizerConfig)
+        run_dir = create_run_dir(run_cfg)
+        write_effective_config(run_dir, configs.values())
+        prepared = _prepare(data_cfg, tok_cfg)
+        _report(prepared)
+        print(f"run folder: {run_dir} (config.gin, config.json)")
+
+    def show_config(self) -> None:
+        """Print the effective configuration as gin text, without running anything."""
+        print(config.to_gin(self._configs().values()), end="")
+
+    def fetch(self, source: str = "got", data_dir: str | None = None) -> None:
+        """Download a named corpus (cached). Sources: got (Game of Thrones season 1 scripts)."""
+        if source not in SOURCES:
+            raise ConfigError(f"unknown source '{source}': expected one of {', '.join(SOURCES)}")
+        data_cfg = config.build(DataConfig, {"data_dir": data_dir})
+        scripts = fetch_got(Path(data_cfg.data_dir))
+        state = "downloaded" if scripts.downloaded else "cached"
+        size = scripts.season.stat().st_size
+        print(f"{source}: {scripts.season} ({size:,} bytes, {len(scripts.episodes)} episodes, {state})")
+
+    def prepare(
+        self,
+        input: str | None = None,  # noqa: A002 - the flag users type
+        output_dir: str | None = None,
+        type: str | None = None,  # noqa: A002
+        tokenizer: str | None = None,
+        split_ratios: tuple[float, float, float] | None = None,
+        vocab_size: int | None = None,
+        model_type: str | None = None,
+        block_size: int | None = None,
+        errors: str | None = None,
+    ) -> None:
+        """Tokenize a text into train.bin, val.bin, test.bin and meta.json (cached).
+
+        --input: a text file or a source name (got); --type: char or subword; --tokenizer: an
+        existing tokenizer file; --split_ratios=0.9,0.05,0.05; --errors=strict|replace.
+        """
+        data_cfg = config.build(
+            DataConfig,
+            {
+                "source": input,
+                "prepared_dir": output_dir,
+                "tokenizer": type,
+                "tokenizer_file": tokenizer,
+                "split_ratios": split_ratios,
+                "block_size": block_size,
+                "errors": errors,
+            },
+            flag_names={
+                "source": "input",
+                "prepared_dir": "output_dir",
+                "tokenizer": "type",
+                "tokenizer_file": "tokenizer",
+            },
+        )
+        tok_cfg = config.build(TokenizerConfig, {"vocab_size": vocab_size, "model_type": model_type})
+        _report(_prepare(data_cfg, tok_cfg))
+
+    def train_tokenizer(
+        self,
+        input: str,  # noqa: A002
+        output: str,
+        vocab_size: int | None = None,
+        model_type: str | None = None,
+        character_coverage: float | None = None,
+        errors: str = "strict",
+    ) -> None:
+        """Train a SentencePiece model on a text file and save it to --output (a .model file)."""
+        tok_cfg = config.build(
+            TokenizerConfig,
+            {
+                "vocab_size": vocab_size,
+                "model_type": model_type,
+                "character_coverage": character_coverage,
+            },
+        )
+        if errors not in ("strict", "replace"):
+            raise ConfigError(f"--errors must be strict or replace, got {errors!r}")
+        text, _ = read_text(Path(input), errors)  # type: ignore[arg-type]
+        tok = SentencePieceTokenizer.train(
+            text,
+            vocab_size=tok_cfg.vocab_size,
+            model_type=tok_cfg.model_type,
+            character_coverage=tok_cfg.character_coverage,
+        )
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(path)
+        print(f"{path}: {tok_cfg.model_type} SentencePiece, {tok.vocab_size} pieces")
+
+    def _configs(self) -> dict[str, object]:
+        return dict(config.build_all())
+
+
+def _prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig) -> PreparedData:
+    return prepare(resolve_source(data_cfg), default_prepared_dir(data_cfg, tok_cfg), data_cfg, tok_cfg)
+
+
+def _report(prepared: PreparedData) -> None:
+    meta = prepared.meta
+    tokens = ", ".join(f"{name} {count:,}" for name, count in meta["tokens"].items())
+    state = "cached" if prepared.cached else "prepared"
+    print(
+        f"{prepared.directory}: {state}; {meta['tokenizer']['kind']} tokenizer, "
+        f"vocab {meta['vocab_size']:,}; tokens: {tokens}"
+    )
+
+
+def _check_flags(args: Sequence[str]) -> None:
+    """Refuse flags the command does not take, before it runs (fire would run it first)."""
+    method = getattr(Commands, args[0], None) if args and not args[0].startswith("_") else None
+    if method is None:
+        return  # not a command: fire prints its usage message
+    accepted = [name for name in inspect.signature(method).parameters if name != "self"]
+    for arg in args[1:]:
+        if arg == "--":
+            return
+        if arg.startswith("--") and arg not in ("--help",):
+            name = arg[2:].split("=", 1)[0].replace("-", "_")
+            if name not in accepted:
+                valid = ", ".join(f"--{p}" for p in accepted) or "none"
+                raise ConfigError(
+                    f"{args[0]} takes no flag --{name} (its flags: {valid}); "
+                    f"see: python -m craft.main {args[0]} --help"
+                )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: returns the process exit code (0, 1 on a CraftError, 2 on a usage error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        gin_files, gin_params, rest = config.split_gin_flags(args)
+        if not rest or (rest[0].startswith("-") and rest[0] not in ("-h", "--help")):
+            rest = ["run", *rest]
+        _check_flags(rest)
+        config.parse(gin_files, gin_params)
+        fire.Fire(Commands(gin_files, gin_params), command=rest, name="craft.main")
+    except CraftError as error:
+        print(f"craft: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ConfigError) else 1
+    except fire.core.FireExit as exit_:
+        return int(exit_.code or 0)
+    except KeyboardInterrupt:
+        print("craft: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Run settings and the run directory: `<output_dir>/<name>/<YYYY-MM-DD>/<HH-MM-SS>/`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from craft import config
+from craft.config import configurable
+
+
+@configurable
+class RunConfig(BaseModel):
+    """What a run is called and where its outputs go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    name: str = Field("craft", min_length=1, pattern=r"^[\w.-]+$")
+    """The experiment name: a folder name (letters, digits, '_', '-', '.')."""
+    output_dir: str = "outputs/experiments"
+    seed: int = Field(0, ge=0)
+
+
+def create_run_dir(run: RunConfig, now: dt.datetime | None = None) -> Path:
+    """Make a fresh run folder; a second run in the same second gets a `-1`, `-2`... suffix."""
+    now = now or dt.datetime.now()
+    base = Path(run.output_dir) / run.name / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+    candidate, n = base, 0
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+
+
+def write_effective_config(run_dir: Path, configs: Iterable[BaseModel]) -> None:
+    """Write `config.gin` (re-runnable) and `config.json` beside the run's outputs."""
+    configs = list(configs)
+    (run_dir / "config.gin").write_text(config.to_gin(configs), encoding="utf-8")
+    (run_dir / "config.json").write_text(config.to_json(configs) + "\n", encoding="utf-8")
