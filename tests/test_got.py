@@ -94,7 +94,7 @@ def test_season_one_scripts(got_data_dir: Path) -> None:
     turns = [line for line in text.splitlines() if line]
     assert all(re.match(r"^[A-Z0-9_]+: \S", line) for line in turns)
     assert not re.search(r" [,?!]| \.(?!\.)", text)  # re-attached (" ...And" is a word)
-    assert not re.search(r"^[A-Z0-9_]+: [.,?!]", text, re.MULTILINE)  # no turn opens with a stop
+    assert not re.search(r"^[A-Z0-9_]+: ([,?!]|\.(?!\.))", text, re.MULTILINE)  # no opening stop
     assert "TYRION_LANNISTER: " in text and "DAENERYS_TARGARYEN: " in text
     splits = sorted(p.name for p in (got_data_dir / "raw/got/splits").iterdir())
     assert splits == ["Season1.dev.lst", "Season1.trn.lst", "Season1.tst.lst", "Season1Test.tst.lst"]
