@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-import gin
-from gin import config_parser
+import gin.config as gin_config
+import gin.config_parser as config_parser
 from pydantic import BaseModel, ValidationError
 
 from craft.errors import ConfigError
@@ -61,7 +61,7 @@ def configurable(model: type[ModelT]) -> type[ModelT]:
     )
     if model.__name__ in _MODELS and _MODELS[model.__name__].model is not model:
         raise ValueError(f"two configurable models are named {model.__name__}")
-    wrapped = gin.external_configurable(bound_values, name=model.__name__, module="craft")
+    wrapped = gin_config.external_configurable(bound_values, name=model.__name__, module="craft")
     _MODELS[model.__name__] = _Registered(model, wrapped)
     return model
 
@@ -73,7 +73,7 @@ def registered() -> dict[str, type[BaseModel]]:
 
 def reset() -> None:
     """Forget every binding (gin's global state and where each binding came from)."""
-    gin.clear_config()
+    gin_config.clear_config()
     _ORIGINS.clear()
 
 
@@ -228,7 +228,7 @@ def _parse_text(text: str, *, origin: str, filename: Path | None) -> None:
     def where(line: int) -> str:
         return f"{origin}:{line}" if filename is not None else origin
 
-    parser = config_parser.ConfigParser(text, gin.config.ParserDelegate(skip_unknown=False))
+    parser = config_parser.ConfigParser(text, gin_config.ParserDelegate(skip_unknown=False))
     try:
         for statement in parser:
             line = statement.location.line_num
@@ -268,7 +268,7 @@ def _bind(statement: Any, where: str) -> None:
     if scope:
         raise ConfigError(f"{where}: gin scopes ('{scope}/') are not used by Craft")
     if not field:  # a macro: `NAME = value`, used as `%NAME`
-        gin.bind_parameter((selector, "gin.macro", "value"), value)
+        gin_config.bind_parameter((selector, "gin.macro", "value"), value)
         return
     name = selector.removeprefix("craft.")
     if name not in _MODELS:
@@ -278,7 +278,7 @@ def _bind(statement: Any, where: str) -> None:
     fields = list(_MODELS[name].model.model_fields)
     if field not in fields:
         raise ConfigError(f"{where}: {name} has no field '{field}'" + _suggest(field, fields))
-    gin.bind_parameter(("", name, field), value)
+    gin_config.bind_parameter(("", name, field), value)
     _ORIGINS[(name, field)] = where
 
 

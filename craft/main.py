@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fire
+from pydantic import BaseModel
 
 from craft import config
 from craft.data.config import DataConfig, TokenizerConfig
@@ -61,14 +62,14 @@ class Commands:
         data_cfg = config.build(DataConfig, {"data_dir": data_dir})
         scripts = fetch_got(Path(data_cfg.data_dir))
         state = "downloaded" if scripts.downloaded else "cached"
-        size = scripts.season.stat().st_size
-        print(f"{source}: {scripts.season} ({size:,} bytes, {len(scripts.episodes)} episodes, {state})")
+        size, episodes = scripts.season.stat().st_size, len(scripts.episodes)
+        print(f"{source}: {scripts.season} ({size:,} bytes, {episodes} episodes, {state})")
 
     def prepare(
         self,
-        input: str | None = None,  # noqa: A002 - the flag users type
+        input: str | None = None,
         output_dir: str | None = None,
-        type: str | None = None,  # noqa: A002
+        type: str | None = None,
         tokenizer: str | None = None,
         split_ratios: tuple[float, float, float] | None = None,
         vocab_size: int | None = None,
@@ -99,12 +100,14 @@ class Commands:
                 "tokenizer_file": "tokenizer",
             },
         )
-        tok_cfg = config.build(TokenizerConfig, {"vocab_size": vocab_size, "model_type": model_type})
+        tok_cfg = config.build(
+            TokenizerConfig, {"vocab_size": vocab_size, "model_type": model_type}
+        )
         _report(_prepare(data_cfg, tok_cfg))
 
     def train_tokenizer(
         self,
-        input: str,  # noqa: A002
+        input: str,
         output: str,
         vocab_size: int | None = None,
         model_type: str | None = None,
@@ -134,12 +137,14 @@ class Commands:
         tok.save(path)
         print(f"{path}: {tok_cfg.model_type} SentencePiece, {tok.vocab_size} pieces")
 
-    def _configs(self) -> dict[str, object]:
-        return dict(config.build_all())
+    def _configs(self) -> dict[str, BaseModel]:
+        return config.build_all()
 
 
 def _prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig) -> PreparedData:
-    return prepare(resolve_source(data_cfg), default_prepared_dir(data_cfg, tok_cfg), data_cfg, tok_cfg)
+    return prepare(
+        resolve_source(data_cfg), default_prepared_dir(data_cfg, tok_cfg), data_cfg, tok_cfg
+    )
 
 
 def _report(prepared: PreparedData) -> None:

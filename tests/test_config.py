@@ -66,7 +66,9 @@ def test_include_and_macro(tmp_path: Path) -> None:
 def test_flags_override_gin_and_are_validated(tmp_path: Path) -> None:
     config.parse([], ["DataConfig.block_size = 64"])
     assert config.build(DataConfig, {"block_size": 8, "source": None}).block_size == 8
-    with pytest.raises(ConfigError, match=r"DataConfig.block_size = -3 \(flag --block\): .*greater"):
+    with pytest.raises(
+        ConfigError, match=r"DataConfig.block_size = -3 \(flag --block\): .*greater"
+    ):
         config.build(DataConfig, {"block_size": -3}, flag_names={"block_size": "block"})
 
 
@@ -81,7 +83,10 @@ def test_unknown_configurable_names_file_line_and_suggests(tmp_path: Path) -> No
 
 def test_misspelled_field_suggests_close_names(tmp_path: Path) -> None:
     gin_file = write(tmp_path, "bad.gin", "DataConfig.blok_size = 3\n")
-    with pytest.raises(ConfigError, match=r"bad.gin:1: DataConfig has no field 'blok_size'; did you mean 'block_size'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bad.gin:1: DataConfig has no field 'blok_size'; did you mean 'block_size'",
+    ):
         config.parse([gin_file])
 
 
@@ -100,7 +105,9 @@ def test_far_off_name_lists_valid_ones() -> None:
         ("DataConfig.split_ratios = (0.5, 0.2, 0.2)", "must sum to 1"),
     ],
 )
-def test_bad_values_name_the_binding_and_the_reason(tmp_path: Path, binding: str, reason: str) -> None:
+def test_bad_values_name_the_binding_and_the_reason(
+    tmp_path: Path, binding: str, reason: str
+) -> None:
     gin_file = write(tmp_path, "bad.gin", f"DataConfig.source = 'got'\n{binding}\n")
     config.parse([gin_file])
     with pytest.raises(ConfigError) as error:
@@ -123,7 +130,9 @@ def test_unclosed_bracket_is_a_syntax_error(tmp_path: Path) -> None:
 
 def test_missing_required_value_says_how_to_set_it() -> None:
     config.parse([], [])
-    with pytest.raises(ConfigError, match=r"NeedsValue.width is required .*--gin.NeedsValue.width="):
+    with pytest.raises(
+        ConfigError, match=r"NeedsValue.width is required .*--gin.NeedsValue.width="
+    ):
         config.build(NeedsValue)
 
 
@@ -163,9 +172,9 @@ def test_gin_flag_without_value_is_an_error() -> None:
         config.split_gin_flags(["--gin_file"])
 
 
-ratios = st.tuples(
-    st.integers(0, 100), st.integers(0, 100), st.integers(1, 100)
-).map(lambda t: tuple(x / sum(t) for x in t))
+ratios = st.tuples(st.integers(0, 100), st.integers(0, 100), st.integers(1, 100)).map(
+    lambda t: tuple(x / sum(t) for x in t)
+)
 
 
 @settings(max_examples=50, deadline=None)

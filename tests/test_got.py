@@ -66,10 +66,21 @@ def test_extraction_reads_only_safe_transcript_members(tmp_path: Path) -> None:
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     members = [
         (tarfile.TarInfo(good), line),
-        (tarfile.TarInfo("p-0.1/GameOfThrones/data/Season1.trn.lst"), b"GameOfThrones.Season01.Episode01\n"),
+        (
+            tarfile.TarInfo("p-0.1/GameOfThrones/data/Season1.trn.lst"),
+            b"GameOfThrones.Season01.Episode01\n",
+        ),
         (tarfile.TarInfo("p-0.1/GameOfThrones/__init__.py"), b"raise SystemExit('ran code')\n"),
-        (tarfile.TarInfo("/abs/GameOfThrones/data/audio/GameOfThrones.Season01.Episode03.txt"), line),
-        (tarfile.TarInfo("p-0.1/GameOfThrones/data/audio/../audio/GameOfThrones.Season01.Episode04.txt"), line),
+        (
+            tarfile.TarInfo("/abs/GameOfThrones/data/audio/GameOfThrones.Season01.Episode03.txt"),
+            line,
+        ),
+        (
+            tarfile.TarInfo(
+                "p-0.1/GameOfThrones/data/audio/../audio/GameOfThrones.Season01.Episode04.txt"
+            ),
+            line,
+        ),
         (link, b""),
     ]
     files = got.extract_transcripts(_tarball(tmp_path / "evil.tar.gz", members))
@@ -97,7 +108,12 @@ def test_season_one_scripts(got_data_dir: Path) -> None:
     assert not re.search(r"^[A-Z0-9_]+: ([,?!]|\.(?!\.))", text, re.MULTILINE)  # no opening stop
     assert "TYRION_LANNISTER: " in text and "DAENERYS_TARGARYEN: " in text
     splits = sorted(p.name for p in (got_data_dir / "raw/got/splits").iterdir())
-    assert splits == ["Season1.dev.lst", "Season1.trn.lst", "Season1.tst.lst", "Season1Test.tst.lst"]
+    assert splits == [
+        "Season1.dev.lst",
+        "Season1.trn.lst",
+        "Season1.tst.lst",
+        "Season1Test.tst.lst",
+    ]
 
 
 @pytest.mark.network
@@ -129,7 +145,9 @@ def test_downloaded_file_with_a_wrong_hash_is_deleted(
         target.write_bytes(b"not the sdist")
 
     monkeypatch.setattr(got, "_pip_download", fake_download)
-    with pytest.raises(DataError, match=r"sha256 mismatch .*expected 096f.*the download was deleted"):
+    with pytest.raises(
+        DataError, match=r"sha256 mismatch .*expected 096f.*the download was deleted"
+    ):
         got.fetch_got(tmp_path)
     assert not (tmp_path / "downloads" / got.SDIST).exists()
 

@@ -31,12 +31,14 @@ def test_char_round_trip(text: str) -> None:
     ids = tok.encode(text)
     assert ids.shape == (len(text),)
     assert tok.decode(ids) == text
-    assert 0 <= ids.min() and ids.max() < tok.vocab_size
+    assert ids.min() >= 0 and ids.max() < tok.vocab_size
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text())
-def test_sentencepiece_round_trips_any_string(sentencepiece: SentencePieceTokenizer, text: str) -> None:
+def test_sentencepiece_round_trips_any_string(
+    sentencepiece: SentencePieceTokenizer, text: str
+) -> None:
     """Byte fallback and identity normalization: even unseen characters and whitespace survive."""
     ids = sentencepiece.encode(text)
     assert sentencepiece.decode(ids) == text
@@ -60,7 +62,9 @@ def test_char_vocabulary_is_sorted_and_distinct() -> None:
 
 def test_char_encode_names_missing_characters() -> None:
     tok = CharTokenizer.train("abc")
-    with pytest.raises(DataError, match=r"lacks these characters: 'x' \(U\+0078\), 'é' \(U\+00E9\)"):
+    with pytest.raises(
+        DataError, match=r"lacks these characters: 'x' \(U\+0078\), 'é' \(U\+00E9\)"
+    ):
         tok.encode("abxcé")
     with pytest.raises(DataError, match=r"lacks these characters: '🙂'"):
         tok.encode("a🙂")  # beyond the dense table
@@ -73,7 +77,9 @@ def test_decode_rejects_ids_outside_the_vocabulary(sentencepiece: SentencePieceT
         sentencepiece.decode([-1])
 
 
-def test_save_and_load_keep_the_mapping(tmp_path: Path, sentencepiece: SentencePieceTokenizer) -> None:
+def test_save_and_load_keep_the_mapping(
+    tmp_path: Path, sentencepiece: SentencePieceTokenizer
+) -> None:
     char = CharTokenizer.train(CORPUS)
     for tok, name in ((char, "vocab.json"), (sentencepiece, "sp.model")):
         loaded = load_tokenizer(tok.save(tmp_path / name))
@@ -97,7 +103,9 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_vocab_too_large_says_the_largest_that_fits() -> None:
-    with pytest.raises(DataError, match=r"vocab_size=100000 is too large .*largest that fits is \d+"):
+    with pytest.raises(
+        DataError, match=r"vocab_size=100000 is too large .*largest that fits is \d+"
+    ):
         SentencePieceTokenizer.train(CORPUS, vocab_size=100_000)
 
 
