@@ -1,0 +1,55 @@
+"""The data and tokenizer settings, bound with gin and checked by Pydantic."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from craft.config import configurable
+
+
+def _check_split_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+    if any(r < 0 for r in ratios):
+        raise ValueError(f"split ratios must not be negative, got {list(ratios)}")
+    if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split ratios must sum to 1, got {list(ratios)} (sum {sum(ratios):g})")
+    return ratios
+
+
+SplitRatios = Annotated[tuple[float, float, float], AfterValidator(_check_split_ratios)]
+
+
+@configurable
+class DataConfig(BaseModel):
+    """Where the text comes from and how it becomes token ids."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    source: str = Field("got", min_length=1)
+    """'got' (the Game of Thrones season 1 scripts) or the path of a UTF-8 text file."""
+    data_dir: str = "data"
+    """Downloads, raw text and prepared datasets live under this folder."""
+    tokenizer: Literal["char", "subword"] = "char"
+    tokenizer_file: str | None = None
+    """An existing tokenizer (.json char, .model SentencePiece) to use instead of training one."""
+    split_ratios: SplitRatios = (0.9, 0.05, 0.05)
+    """Train, val, test: contiguous slices of the text, in file order."""
+    block_size: int = Field(256, gt=0)
+    """Tokens per training example; every non-empty split must hold at least one block."""
+    errors: Literal["strict", "replace"] = "strict"
+    """What to do with bytes that are not UTF-8: fail, or replace them with U+FFFD."""
+    prepared_dir: str | None = None
+    """Where the prepared dataset goes; by default data_dir/prepared/<source>-<tokenizer>."""
+
+
+@configurable
+class TokenizerConfig(BaseModel):
+    """How a SentencePiece tokenizer is trained (subword data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    vocab_size: int = Field(2048, gt=0)
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    character_coverage: float = Field(1.0, gt=0, le=1)
