@@ -1,0 +1,231 @@
+"""A decoder-only transformer (GPT) as pure functions over a params tree.
+
+    params = init(cfg, seed=0)
+    logits = apply(params, tokens, cfg)                  # [B, T] -> [B, T, vocab]
+    loss, aux = loss(params, {"inputs": x, "targets": y}, cfg, rng=key)
+    cache = init_cache(cfg, batch=1); logits = decode_step(params, cache, tokens, pos, cfg)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.checkpoint import checkpoint
+
+from craft.config import configurable
+from craft.nn import (
+    cached_self_attention,
+    causal_self_attention,
+    dropout,
+    embedding,
+    fold_in,
+    init_attention,
+    init_embedding,
+    init_layer_norm,
+    init_mlp,
+    init_rms_norm,
+    layer_norm,
+    mlp,
+    rms_norm,
+    rotary_tables,
+)
+from craft.tree import Params
+
+
+@configurable
+class GPTConfig(BaseModel):
+    """The shape of a GPT. `vocab_size` None means: take it from the dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    vocab_size: int | None = Field(None, gt=0)
+    block_size: int = Field(256, gt=0)
+    """The longest context the model accepts (learned position table size)."""
+    n_layer: int = Field(4, gt=0)
+    n_head: int = Field(4, gt=0)
+    n_embd: int = Field(128, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    bias: bool = True
+    tie_embeddings: bool = True
+    positions: Literal["learned", "rotary"] = "learned"
+    norm: Literal["layer", "rms"] = "layer"
+    remat: bool = False
+    """Activation checkpointing per block: recompute activations in backward to save memory."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GPTConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rotary positions need an even head size (n_embd / n_head)")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_ratio * self.n_embd)
+
+    def vocab(self) -> int:
+        if self.vocab_size is None:
+            raise ValueError("GPTConfig.vocab_size is not set (it comes from the dataset)")
+        return self.vocab_size
+
+
+def init(cfg: GPTConfig, *, seed: int) -> Params:
+    """Fresh params: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 * n_layer)."""
+    generator = torch.Generator().manual_seed(seed)
+    out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+    params: Params = {"tok": init_embedding(cfg.vocab(), cfg.n_embd, generator)}
+    if cfg.positions == "learned":
+        params["pos"] = init_embedding(cfg.block_size, cfg.n_embd, generator)
+    params["blocks"] = [
+        {
+            "ln1": _init_norm(cfg),
+            "attn": init_attention(cfg.n_embd, generator, bias=cfg.bias, out_std=out_std),
+            "ln2": _init_norm(cfg),
+            "mlp": init_mlp(cfg.n_embd, cfg.mlp_hidden, generator, bias=cfg.bias, out_std=out_std),
+        }
+        for _ in range(cfg.n_layer)
+    ]
+    params["ln_f"] = _init_norm(cfg)
+    if not cfg.tie_embeddings:
+        params["head"] = {"w": torch.randn(cfg.vocab(), cfg.n_embd, generator=generator) * 0.02}
+    return params
+
+
+def param_count(cfg: GPTConfig) -> int:
+    """The number of parameters `init(cfg)` makes, without making them."""
+    d, v, h = cfg.n_embd, cfg.vocab(), cfg.mlp_hidden
+    norm = 2 * d if cfg.norm == "layer" and cfg.bias else d
+    bias = cfg.bias
+    attn = d * 3 * d + d * d + (4 * d if bias else 0)
+    mlp_ = 2 * d * h + ((h + d) if bias else 0)
+    total = v * d + cfg.n_layer * (attn + mlp_ + 2 * norm) + norm
+    total += cfg.block_size * d if cfg.positions == "learned" else 0
+    total += 0 if cfg.tie_embeddings else v * d
+    return total
+
+
+def apply(
+    params: Params, tokens: torch.Tensor, cfg: GPTConfig, *, rng: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits `[B, T, vocab]` for `tokens` `[B, T]`; `rng` (a key) turns dropout on."""
+    length = tokens.shape[1]
+    if length > cfg.block_size:
+        raise ValueError(f"sequence length {length} exceeds block_size {cfg.block_size}")
+    x = embedding(params["tok"], tokens)
+    if cfg.positions == "learned":
+        x = x + params["pos"]["embedding"][:length]
+    rotary = _rotary(cfg, length, tokens.device)
+    x = dropout(x, cfg.dropout, _key(rng, 0))
+    for index, block in enumerate(params["blocks"]):
+        key = _key(rng, index + 1)
+        if cfg.remat:
+            x = checkpoint(_block, block, x, cfg, rotary, key, use_reentrant=False)
+        else:
+            x = _block(block, x, cfg, rotary, key)
+    return _logits(params, x, cfg)
+
+
+def loss(
+    params: Params,
+    batch: dict[str, torch.Tensor],
+    cfg: GPTConfig,
+    *,
+    rng: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean next-token cross-entropy over targets >= 0; aux holds the token count."""
+    logits = apply(params, batch["inputs"], cfg, rng=rng)
+    targets = batch["targets"]
+    value = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1
+    )
+    return value, {"tokens": (targets >= 0).sum()}
+
+
+def init_cache(
+    cfg: GPTConfig,
+    batch: int,
+    *,
+    max_len: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> list[dict[str, torch.Tensor]]:
+    """An empty key/value cache: per layer `k`, `v` of `[batch, n_head, max_len, head_dim]`."""
+    shape = (batch, cfg.n_head, max_len or cfg.block_size, cfg.head_dim)
+    return [
+        {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
+        for _ in range(cfg.n_layer)
+    ]
+
+
+def decode_step(
+    params: Params,
+    cache: list[dict[str, torch.Tensor]],
+    tokens: torch.Tensor,
+    pos: torch.Tensor,
+    cfg: GPTConfig,
+) -> torch.Tensor:
+    """Logits for `tokens` `[B, t]` placed at positions `pos .. pos+t-1` (`pos`: 0-d int64).
+
+    The cache is consumed: it is updated in place with the new keys and values, so a caller
+    keeps one copy of it. Use it for the prompt (t > 1) and then one token at a time.
+    """
+    length = tokens.shape[1]
+    positions = pos + torch.arange(length, device=tokens.device)
+    x = embedding(params["tok"], tokens)
+    if cfg.positions == "learned":
+        x = x + params["pos"]["embedding"][positions]
+    rotary = _rotary(cfg, cache[0]["k"].shape[2], tokens.device)
+    for block, layer_cache in zip(params["blocks"], cache, strict=True):
+        h = _norm(cfg, block["ln1"], x)
+        x = x + cached_self_attention(
+            block["attn"], h, cfg.n_head, layer_cache, pos, rotary=rotary
+        )
+        x = x + mlp(block["mlp"], _norm(cfg, block["ln2"], x))
+    return _logits(params, x, cfg)
+
+
+def _block(
+    block: Params,
+    x: torch.Tensor,
+    cfg: GPTConfig,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    key: torch.Tensor | None,
+) -> torch.Tensor:
+    attn = causal_self_attention(block["attn"], _norm(cfg, block["ln1"], x), cfg.n_head, rotary=rotary)
+    x = x + dropout(attn, cfg.dropout, _key(key, 0))
+    return x + dropout(mlp(block["mlp"], _norm(cfg, block["ln2"], x)), cfg.dropout, _key(key, 1))
+
+
+def _logits(params: Params, x: torch.Tensor, cfg: GPTConfig) -> torch.Tensor:
+    x = _norm(cfg, params["ln_f"], x)
+    head = params["tok"]["embedding"] if cfg.tie_embeddings else params["head"]["w"]
+    return F.linear(x, head)
+
+
+def _init_norm(cfg: GPTConfig) -> Params:
+    return init_layer_norm(cfg.n_embd, bias=cfg.bias) if cfg.norm == "layer" else init_rms_norm(cfg.n_embd)
+
+
+def _norm(cfg: GPTConfig, params: Params, x: torch.Tensor) -> torch.Tensor:
+    return layer_norm(params, x) if cfg.norm == "layer" else rms_norm(params, x)
+
+
+def _rotary(
+    cfg: GPTConfig, length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return rotary_tables(cfg.head_dim, length, device=device) if cfg.positions == "rotary" else None
+
+
+def _key(rng: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    return None if rng is None else fold_in(rng, index)
+

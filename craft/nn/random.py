@@ -1,0 +1,42 @@
+"""Counter-based randomness from explicit keys: pure tensor ops, so it compiles and replays.
+
+A key is a 0-d int64 tensor. `fold_in(key, n)` derives an independent key (per step, per layer,
+per micro-batch); `uniform(key, shape)` hashes (key, position) into [0, 1). No global generator is
+touched, so the same key always gives the same numbers, eager or compiled.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values below 2**32."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def key(seed: int) -> torch.Tensor:
+    """A key from an integer seed."""
+    return _mix32(torch.tensor(seed & _MASK32, dtype=torch.int64))
+
+
+def fold_in(key: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
+    """A new key that depends on `key` and `data` (an int or an integer tensor)."""
+    data = torch.as_tensor(data, dtype=torch.int64, device=key.device) & _MASK32
+    return _mix32(_mix32(key ^ 0x9E3779B9) ^ data)
+
+
+def uniform(key: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Floats in [0, 1), one per element of `shape`, determined by `key`."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    counter = torch.arange(numel, dtype=torch.int64, device=key.device)
+    bits = _mix32(_mix32(counter ^ key) + key)
+    return (bits >> 8).to(torch.float32).mul_(1.0 / (1 << 24)).reshape(shape)

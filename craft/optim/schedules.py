@@ -1,0 +1,54 @@
+"""Learning-rate schedules: pure functions of the step (a tensor), so they compile once."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from craft.config import configurable
+
+
+@configurable
+class Schedule(BaseModel):
+    """constant | warmup_cosine | wsd (warmup, stable, then a linear decay over the last part)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    kind: Literal["constant", "warmup_cosine", "wsd"] = "warmup_cosine"
+    peak_lr: float = Field(1e-3, gt=0)
+    final_lr: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    total_steps: int = Field(2000, gt=0)
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """wsd only: the share of total_steps spent decaying to final_lr."""
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> Schedule:
+        if self.kind != "constant" and self.warmup_steps > self.total_steps:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} exceeds total_steps={self.total_steps}"
+            )
+        return self
+
+    def __call__(self, step: torch.Tensor | int) -> torch.Tensor:
+        """The learning rate for optimizer step `step` (0-based)."""
+        s = torch.as_tensor(step, dtype=torch.float32)
+        peak = torch.tensor(self.peak_lr)
+        if self.kind == "constant":
+            return peak.expand_as(s).clone()
+        warmup = peak * (s + 1) / max(self.warmup_steps, 1)
+        if self.kind == "warmup_cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = ((s - self.warmup_steps) / span).clamp(0.0, 1.0)
+            after = self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (
+                1 + torch.cos(math.pi * progress)
+            )
+        else:
+            decay_start = self.total_steps * (1 - self.decay_fraction)
+            span = max(self.total_steps - decay_start, 1.0)
+            progress = ((s - decay_start) / span).clamp(0.0, 1.0)
+            after = self.peak_lr + (self.final_lr - self.peak_lr) * progress
+        return torch.where(s < self.warmup_steps, warmup, after)
