@@ -1,0 +1,171 @@
+"""`make_train_step`: a pure-looking `step(state, batch) -> (state, metrics)`.
+
+Inside, each micro-batch runs a compiled forward (autocast when asked) and PyTorch's own
+backward, gradients accumulate in `.grad`, and one compiled update unscales, clips and applies
+the optimizer in place. The state passed in is consumed, as with a donated buffer in JAX: use the
+returned one. Keeping one copy of params and optimizer state is what makes it fit in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+from craft import tree
+from craft.nn.random import fold_in
+from craft.optim import Optimizer
+from craft.train.state import TrainState
+from craft.tree import Params
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Metrics = dict[str, torch.Tensor]
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+GROWTH_INTERVAL = 2000  # good fp16 steps before the loss scale doubles
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    optimizer: Optimizer,
+    schedule: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    precision: Precision = "fp32",
+    accum_steps: int = 1,
+    clip_norm: float | None = None,
+    compile: bool = True,
+    growth_interval: int = GROWTH_INTERVAL,
+) -> StepFn:
+    """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"tokens": n, ...})`.
+
+    - precision: fp32; bf16 (autocast, fp32 master params); fp16 (autocast plus dynamic loss
+      scaling: a step with inf/nan gradients is skipped, the scale halves, and it doubles after
+      `growth_interval` good steps).
+    - accum_steps: the batch is cut into that many micro-batches along dim 0; the loss is the
+      mean over all their tokens, exactly as for one big batch.
+    - clip_norm: clip the global gradient norm; metrics report the norm before clipping.
+    - compile: torch.compile the forward and the update (False to debug eagerly).
+
+    The state given to `step` is consumed: params and optimizer state are updated in place.
+    """
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if clip_norm is not None and clip_norm <= 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    autocast_dtype = _AUTOCAST.get(precision)
+
+    def forward(
+        params: Params, micro: Batch, key: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device_type = micro["inputs"].device.type
+        with torch.autocast(device_type, autocast_dtype or torch.float32, autocast_dtype is not None):
+            loss, aux = loss_fn(params, micro, rng=key)
+        tokens = aux["tokens"]
+        # Token-weighted sum, so that micro-batches add up to one mean over the whole batch.
+        objective = loss.float() * tokens * scale
+        return objective, loss.detach().float() * tokens, tokens
+
+    def unscale(grads: list[torch.Tensor], tokens: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        torch._foreach_mul_(grads, 1.0 / (tokens * scale))
+        return tree.global_norm(grads)
+
+    def apply_update(state: TrainState, grads: Params, norm: torch.Tensor) -> torch.Tensor:
+        if clip_norm is not None:
+            coef = (clip_norm / (norm + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(tree.leaves(grads), coef)
+        lr = schedule(state.step)
+        optimizer.update(grads, state.opt_state, state.params, lr=lr)
+        return lr
+
+    def update(
+        state: TrainState, grads: Params, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        norm = unscale(tree.leaves(grads), tokens, state.loss_scale["scale"])
+        return norm, apply_update(state, grads, norm)
+
+    maybe_compile: Callable[[Any], Any] = torch.compile if compile else (lambda fn: fn)
+    forward_c = maybe_compile(forward)
+    update_c = maybe_compile(update)  # fp32 / bf16: unscale, clip and update in one graph
+    unscale_c, apply_update_c = maybe_compile(unscale), maybe_compile(apply_update)  # fp16
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        micros = _split(batch, accum_steps)
+        step_key = fold_in(state.rng, state.step)
+        scale = state.loss_scale["scale"]
+        loss_sum, tokens = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        for index, micro in enumerate(micros):
+            objective, micro_loss, micro_tokens = forward_c(
+                state.params, micro, fold_in(step_key, index), scale
+            )
+            objective.backward()
+            loss_sum = micro_loss if index == 0 else loss_sum + micro_loss
+            tokens = micro_tokens if index == 0 else tokens + micro_tokens
+        params = tree.leaves(state.params)
+        grads = tree.unflatten(tree.flatten(state.params)[1], [_grad(p) for p in params])
+        for p in params:
+            p.grad = None
+        with torch.no_grad():
+            if precision == "fp16":
+                norm, lr, skipped = _fp16_update(
+                    state, grads, tokens, unscale_c, apply_update_c, growth_interval
+                )
+            else:
+                norm, lr = update_c(state, grads, tokens)
+                skipped = torch.zeros((), dtype=torch.int64)
+            state.step.add_(1)
+        metrics = {
+            "loss": loss_sum / tokens.clamp(min=1),
+            "lr": lr,
+            "grad_norm": norm,
+            "tokens": tokens,
+            "skipped": skipped,
+            "loss_scale": state.loss_scale["scale"].clone(),
+        }
+        return state, metrics
+
+    return step
+
+
+def _fp16_update(
+    state: TrainState,
+    grads: Params,
+    tokens: torch.Tensor,
+    unscale: Callable[..., torch.Tensor],
+    apply_update: Callable[..., torch.Tensor],
+    growth_interval: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Skip the update on inf/nan gradients and adapt the loss scale (one host sync, as
+    torch.amp.GradScaler does)."""
+    scale, good = state.loss_scale["scale"], state.loss_scale["good_steps"]
+    norm = unscale(tree.leaves(grads), tokens, scale)
+    if not bool(torch.isfinite(norm)):
+        scale.mul_(0.5)
+        good.zero_()
+        return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
+    lr = apply_update(state, grads, norm)
+    good.add_(1)
+    if int(good) >= growth_interval:
+        scale.mul_(2.0)
+        good.zero_()
+    return norm, lr, torch.zeros((), dtype=torch.int64)
+
+
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    # A param the loss never touched has no grad: its gradient is zero.
+    return param.grad if param.grad is not None else torch.zeros_like(param)
+
+
+def _split(batch: Batch, parts: int) -> list[Batch]:
+    size = next(iter(batch.values())).shape[0]
+    if size % parts:
+        raise ValueError(f"batch size {size} is not divisible by accum_steps={parts}")
+    chunks = {name: value.chunk(parts) for name, value in batch.items()}
+    return [{name: chunks[name][i] for name in batch} for i in range(parts)]
+
+

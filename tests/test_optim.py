@@ -1,0 +1,119 @@
+"""Optimizers against torch.optim, and schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from craft.optim import SGD, AdamW, Schedule, decay_mask
+
+
+def make_params(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "tok": {"embedding": torch.randn(7, 4, generator=g)},
+        "layer": {"w": torch.randn(5, 4, generator=g), "b": torch.randn(5, generator=g)},
+        "norm": {"scale": torch.randn(4, generator=g)},
+    }
+
+
+def leaves(p: dict) -> list[torch.Tensor]:
+    return [p["tok"]["embedding"], p["layer"]["w"], p["layer"]["b"], p["norm"]["scale"]]
+
+
+def test_decay_mask_skips_vectors_and_embeddings_unless_asked() -> None:
+    params = make_params(0)
+    assert decay_mask(params, AdamW()) == [False, True, False, False]
+    assert decay_mask(params, AdamW(decay_embeddings=True)) == [True, True, False, False]
+    assert decay_mask(params, AdamW(decay_vectors=True)) == [False, True, True, True]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    beta2=st.sampled_from([0.95, 0.99, 0.999]),
+    weight_decay=st.sampled_from([0.0, 0.1, 0.5]),
+    lr=st.sampled_from([1e-3, 3e-2]),
+)
+def test_adamw_matches_torch_over_many_steps(beta2: float, weight_decay: float, lr: float) -> None:
+    params = make_params(1)
+    reference = [t.clone().requires_grad_(True) for t in leaves(params)]
+    ours = AdamW(beta1=0.9, beta2=beta2, eps=1e-8, weight_decay=weight_decay)
+    state = ours.init(params)
+    torch_opt = torch.optim.AdamW(
+        [
+            {"params": [reference[1]], "weight_decay": weight_decay},
+            {"params": [reference[0], reference[2], reference[3]], "weight_decay": 0.0},
+        ],
+        lr=lr, betas=(0.9, beta2), eps=1e-8, foreach=False,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(2)
+    for _ in range(300):
+        grads = [torch.randn(t.shape, generator=g) for t in reference]
+        tree_grads = {
+            "tok": {"embedding": grads[0]},
+            "layer": {"w": grads[1], "b": grads[2]},
+            "norm": {"scale": grads[3]},
+        }
+        ours.update(tree_grads, state, params, lr=torch.tensor(lr))
+        for t, grad in zip(reference, grads, strict=True):
+            t.grad = grad
+        torch_opt.step()
+    for mine, theirs in zip(leaves(params), reference, strict=True):
+        torch.testing.assert_close(mine, theirs.detach(), atol=1e-5, rtol=1e-5)
+    assert state["step"].item() == 300
+
+
+@pytest.mark.parametrize(("momentum", "nesterov", "wd"), [(0.0, False, 0.0), (0.9, False, 0.01), (0.9, True, 0.0)])
+def test_sgd_matches_torch(momentum: float, nesterov: bool, wd: float) -> None:
+    params = make_params(3)
+    reference = [t.clone().requires_grad_(True) for t in leaves(params)]
+    ours = SGD(momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    state = ours.init(params)
+    torch_opt = torch.optim.SGD(reference, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(100):
+        grads = [torch.randn(t.shape, generator=g) for t in reference]
+        tree_grads = {"tok": {"embedding": grads[0]}, "layer": {"w": grads[1], "b": grads[2]}, "norm": {"scale": grads[3]}}
+        ours.update(tree_grads, state, params, lr=0.05)
+        for t, grad in zip(reference, grads, strict=True):
+            t.grad = grad
+        torch_opt.step()
+    for mine, theirs in zip(leaves(params), reference, strict=True):
+        torch.testing.assert_close(mine, theirs.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_warmup_cosine_shape() -> None:
+    s = Schedule(kind="warmup_cosine", peak_lr=1e-3, final_lr=1e-4, warmup_steps=100, total_steps=2000)
+    assert s(0).item() == pytest.approx(1e-5)
+    assert s(99).item() == pytest.approx(1e-3)
+    assert s(100).item() == pytest.approx(1e-3)
+    assert s(1050).item() == pytest.approx(5.5e-4, rel=1e-4)
+    assert s(2000).item() == pytest.approx(1e-4) and s(5000).item() == pytest.approx(1e-4)
+
+
+def test_wsd_holds_then_decays_linearly() -> None:
+    s = Schedule(kind="wsd", peak_lr=1.0, final_lr=0.0, warmup_steps=10, total_steps=100, decay_fraction=0.2)
+    assert s(50).item() == pytest.approx(1.0) and s(80).item() == pytest.approx(1.0)
+    assert s(90).item() == pytest.approx(0.5) and s(100).item() == pytest.approx(0.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    kind=st.sampled_from(["constant", "warmup_cosine", "wsd"]),
+    warmup=st.integers(0, 50),
+    total=st.integers(50, 500),
+    step=st.integers(0, 600),
+)
+def test_schedules_stay_between_zero_and_peak(kind: str, warmup: int, total: int, step: int) -> None:
+    s = Schedule(kind=kind, peak_lr=2e-3, final_lr=1e-4, warmup_steps=warmup, total_steps=total)  # type: ignore[arg-type]
+    lr = s(torch.tensor(step)).item()
+    assert 0 < lr <= 2e-3 * (1 + 1e-6)
+    if step >= total and kind != "constant":
+        assert lr == pytest.approx(1e-4, rel=1e-5)
+
+
+def test_warmup_longer_than_training_is_refused() -> None:
+    with pytest.raises(ValueError, match="warmup_steps=300 exceeds total_steps=200"):
+        Schedule(warmup_steps=300, total_steps=200)
