@@ -7,6 +7,7 @@ Without a command it runs what the gin files configure. Gin flags (`--gin_file`,
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from craft.data.sources.got import fetch_got
 from craft.data.text import read_text
 from craft.data.tokenizers import SentencePieceTokenizer
 from craft.errors import ConfigError, CraftError
+from craft.models.gpt import GPTConfig, param_count
 from craft.runs import RunConfig, create_run_dir, write_effective_config
 
 
@@ -52,8 +54,13 @@ class Commands:
         print(f"run folder: {run_dir} (config.gin, config.json)")
 
     def show_config(self) -> None:
-        """Print the effective configuration as gin text, without running anything."""
-        print(config.to_gin(self._configs().values()), end="")
+        """Print the effective configuration as gin text and the model size; runs nothing."""
+        configs = self._configs()
+        print(config.to_gin(configs.values()), end="")
+        model, data, tok = (configs[c.__name__] for c in (GPTConfig, DataConfig, TokenizerConfig))
+        assert isinstance(model, GPTConfig) and isinstance(data, DataConfig)
+        assert isinstance(tok, TokenizerConfig)
+        print(_model_size(model, data, tok))
 
     def fetch(self, source: str = "got", data_dir: str | None = None) -> None:
         """Download a named corpus (cached). Sources: got (Game of Thrones season 1 scripts)."""
@@ -139,6 +146,23 @@ class Commands:
 
     def _configs(self) -> dict[str, BaseModel]:
         return config.build_all()
+
+
+def _model_size(model: GPTConfig, data: DataConfig, tok: TokenizerConfig) -> str:
+    """`# GPT: N parameters`, with the vocab from the config or an already prepared dataset."""
+    vocab = model.vocab_size
+    prepared = default_prepared_dir(data, tok) / "meta.json"
+    if vocab is None and prepared.is_file():
+        vocab = int(json.loads(prepared.read_text())["vocab_size"])
+    if vocab is not None:
+        count = param_count(model.model_copy(update={"vocab_size": vocab}))
+        return f"# GPT: {count:,} parameters (vocab {vocab:,})"
+    one = param_count(model.model_copy(update={"vocab_size": 1}))
+    per_entry = param_count(model.model_copy(update={"vocab_size": 2})) - one
+    return (
+        f"# GPT: {one - per_entry:,} parameters + {per_entry:,} per vocabulary entry "
+        "(the vocab comes from the dataset once it is prepared)"
+    )
 
 
 def _prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig) -> PreparedData:
