@@ -54,7 +54,9 @@ class BaselineGPT(nn.Module):
         logits = F.linear(self.ln_f(x), self.tok.weight)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1
+        )
 
 
 @torch.no_grad()

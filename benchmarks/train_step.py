@@ -2,10 +2,11 @@
 
 Baseline: `BaselineGPT` (an nn.Module with the same math), `torch.compile(model)`,
 `torch.optim.AdamW` (fused on CUDA), `loss.backward()`, `clip_grad_norm_`. Both sides clip at
-1.0 and see the same random tokens. Each (config, implementation) runs in its own process so that
-compile caches and peak memory do not leak between them.
+1.0 and see the same random tokens. Throughput: both in one process, timed in alternating rounds
+(median), so machine noise hits both alike. Peak memory: each implementation (and Craft with
+activation checkpointing) in a process of its own, over three steady-state steps.
 
-Run: .venv/bin/python benchmarks/train_step.py [--device=cpu|cuda] [--steps=20] [--only=NAME]
+Run: .venv/bin/python benchmarks/train_step.py [--device=cpu|cuda] [--only=NAME]
 Prints JSON lines and a table: ms/step, tokens/s, peak memory, MFU (where the device's peak is
 known) and the Craft/baseline throughput ratio.
 """
@@ -16,9 +17,10 @@ import argparse
 import functools
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,13 +36,16 @@ from craft.models import gpt  # noqa: E402
 from craft.optim import AdamW, Schedule, decay_mask  # noqa: E402
 from craft.train import init_state, make_train_step, to_device  # noqa: E402
 
+_FIELDS = ("layers", "heads", "width", "vocab", "batch", "seq", "precision", "device")
 CONFIGS: dict[str, dict[str, Any]] = {
-    # name: model shape, batch, sequence length, precision, device kind
-    "cpu-1m-char": dict(layers=4, heads=4, width=128, vocab=76, batch=32, seq=128, precision="fp32", device="cpu"),
-    "gpu-10m-char": dict(layers=6, heads=6, width=384, vocab=76, batch=64, seq=256, precision="bf16", device="cuda"),
-    "gpu-124m-b12": dict(layers=12, heads=12, width=768, vocab=50304, batch=12, seq=1024, precision="bf16", device="cuda"),
-    "gpu-124m-b32": dict(layers=12, heads=12, width=768, vocab=50304, batch=32, seq=1024, precision="bf16", device="cuda"),
-}  # fmt: skip
+    name: dict(zip(_FIELDS, values, strict=True))
+    for name, values in {
+        "cpu-1m-char": (4, 4, 128, 76, 32, 128, "fp32", "cpu"),
+        "gpu-10m-char": (6, 6, 384, 76, 64, 256, "bf16", "cuda"),
+        "gpu-124m-b12": (12, 12, 768, 50304, 12, 1024, "bf16", "cuda"),
+        "gpu-124m-b32": (12, 12, 768, 50304, 32, 1024, "bf16", "cuda"),
+    }.items()
+}
 
 PEAK_FLOPS = {  # dense bf16 tensor-core peaks by device name; none known for CPUs
     "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12,
@@ -90,8 +95,14 @@ def baseline_runner(cfg: gpt.GPTConfig, precision: str, device: torch.device):
     names = list(tree.to_dotted(params))
     decays = dict(zip(names, decay_mask(params, AdamW()), strict=True))
     # Same decay rule as Craft's AdamW: matrices only, embeddings excluded.
-    decayed = [p for n, p in model.named_parameters() if p.ndim >= 2 and "tok" not in n and "pos" not in n]
-    others = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "tok" not in n and "pos" not in n)]
+    decayed = [
+        p for n, p in model.named_parameters() if p.ndim >= 2 and "tok" not in n and "pos" not in n
+    ]
+    others = [
+        p
+        for n, p in model.named_parameters()
+        if not (p.ndim >= 2 and "tok" not in n and "pos" not in n)
+    ]
     assert len(decayed) == sum(decays.values())
     optimizer = torch.optim.AdamW(
         [{"params": decayed, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
@@ -112,83 +123,190 @@ def baseline_runner(cfg: gpt.GPTConfig, precision: str, device: torch.device):
     return run
 
 
-def worker(name: str, impl: str, remat: bool, steps: int, warmup: int) -> dict[str, Any]:
-    spec = CONFIGS[name]
-    device = torch.device(spec["device"])
-    cfg = model_config(spec, remat)
-    make = craft_runner if impl == "craft" else baseline_runner
-    run = make(cfg, spec["precision"], device)
+def make_batches(spec: dict[str, Any], device: torch.device) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(4):
         x = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"] + 1), generator=g)
         batches.append({"inputs": x[:, :-1].to(device), "targets": x[:, 1:].to(device)})
+    return batches
+
+
+class PeakRSS:
+    """The peak resident set size while the block runs, sampled every millisecond (CPU)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as statm:
+                self.peak = max(self.peak, int(statm.read().split()[1]) * page)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def throughput_worker(name: str, steps: int, warmup: int, rounds: int) -> list[dict[str, Any]]:
+    """Both implementations in one process, alternating rounds: noise hits both alike."""
+    spec = CONFIGS[name]
+    device = torch.device(spec["device"])
+    cfg = model_config(spec, remat=False)
+    runners = {"baseline": baseline_runner(cfg, spec["precision"], device),
+               "craft": craft_runner(cfg, spec["precision"], device)}  # fmt: skip
+    batches = make_batches(spec, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    start = time.perf_counter()
+    warmup_s, times = {}, {impl: [] for impl in runners}
+    for impl, run in runners.items():
+        start = time.perf_counter()
+        for i in range(warmup):
+            run(batches[i % 4])
+        sync()
+        warmup_s[impl] = time.perf_counter() - start
+    for _ in range(rounds):
+        for impl, run in runners.items():
+            start = time.perf_counter()
+            for i in range(steps):
+                run(batches[i % 4])
+            sync()
+            times[impl].append((time.perf_counter() - start) / steps)
+    tokens = spec["batch"] * spec["seq"]
+    peak = peak_flops(device)
+    rows = []
+    for impl in runners:
+        seconds = statistics.median(times[impl])
+        achieved = flops_per_token(cfg, spec["seq"]) * tokens / seconds
+        rows.append(
+            {
+                "suite": "train_step",
+                "config": name,
+                "impl": impl,
+                "ms_per_step": round(seconds * 1e3, 2),
+                "tokens_per_s": round(tokens / seconds),
+                "mfu": round(achieved / peak, 4) if peak else None,
+                "params": gpt.param_count(cfg),
+                "warmup_s": round(warmup_s[impl], 1),
+                "device": device_name(device),
+                "torch": torch.__version__,
+            }
+        )
+    rows[1]["vs_baseline"] = round(rows[0]["ms_per_step"] / rows[1]["ms_per_step"], 3)
+    return rows
+
+
+def memory_worker(name: str, impl: str, remat: bool, warmup: int) -> dict[str, Any]:
+    """One implementation per process: the peak memory of three steady-state steps."""
+    spec = CONFIGS[name]
+    device = torch.device(spec["device"])
+    run = (craft_runner if impl == "craft" else baseline_runner)(
+        model_config(spec, remat), spec["precision"], device
+    )
+    batches = make_batches(spec, device)
     for i in range(warmup):
         run(batches[i % 4])
-    sync()
-    compile_s = time.perf_counter() - start
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for i in range(steps):
-        loss = run(batches[i % 4])
-    sync()
-    seconds = (time.perf_counter() - start) / steps
-    tokens = spec["batch"] * spec["seq"]
-    if device.type == "cuda":
+        for i in range(3):
+            run(batches[i % 4])
+        torch.cuda.synchronize()
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:  # the whole process's peak resident set (this process runs one implementation)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak = peak_flops(device)
-    achieved = flops_per_token(cfg, spec["seq"]) * tokens / seconds
+    else:
+        with PeakRSS() as rss:
+            for i in range(3):
+                run(batches[i % 4])
+        peak_mb = rss.peak / 2**20
     return {
-        "suite": "train_step", "config": name, "impl": impl, "remat": remat,
-        "ms_per_step": round(seconds * 1e3, 2), "tokens_per_s": round(tokens / seconds),
-        "peak_memory_mb": round(peak_mb, 1), "mfu": round(achieved / peak, 4) if peak else None,
-        "params": gpt.param_count(cfg), "warmup_s": round(compile_s, 1), "loss": round(float(loss), 4),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "suite": "train_step_memory",
+        "config": name,
+        "impl": impl,
+        "remat": remat,
+        "peak_memory_mb": round(peak_mb, 1),
+        "device": device_name(device),
         "torch": torch.__version__,
-    }  # fmt: skip
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def spawn(args: argparse.Namespace, job: list[Any]) -> Any:
+    options = {name: getattr(args, name) for name in ("steps", "warmup", "rounds", "threads")}
+    command = [sys.executable, __file__, "--worker", json.dumps(job)]
+    for name, value in options.items():
+        command += [f"--{name}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"{job}: failed\n{result.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     parser.add_argument("--only", default=None, help="run one config by name")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating timed rounds")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        name, impl, remat = json.loads(args.worker)
-        print(json.dumps(worker(name, impl, remat, args.steps, args.warmup)), flush=True)
+        job = json.loads(args.worker)
+        if job[0] == "throughput":
+            print(json.dumps(throughput_worker(job[1], args.steps, args.warmup, args.rounds)))
+        else:
+            print(json.dumps(memory_worker(job[1], job[2], job[3], args.warmup)))
         return
 
-    names = [args.only] if args.only else [n for n, s in CONFIGS.items() if s["device"] == args.device]
-    rows = []
+    names = (
+        [args.only] if args.only else [n for n, s in CONFIGS.items() if s["device"] == args.device]
+    )
+    table = []
     for name in names:
-        for impl, remat in (("baseline", False), ("craft", False), ("craft", True)):
-            command = [sys.executable, __file__, "--worker", json.dumps([name, impl, remat]),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]  # fmt: skip
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                print(f"{name} {impl}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
-                continue
-            row = json.loads(result.stdout.strip().splitlines()[-1])
-            baseline = next((r for r in rows if r["config"] == name and r["impl"] == "baseline"), None)
-            row["vs_baseline"] = round(row["tokens_per_s"] / baseline["tokens_per_s"], 3) if baseline else None
-            rows.append(row)
+        rows = spawn(args, ["throughput", name]) or []
+        for row in rows:
             print(json.dumps(row), flush=True)
-    print(f"\n{'config':<14} {'impl':<14} {'ms/step':>9} {'tok/s':>10} {'peak MB':>9} {'MFU':>6} {'vs base':>8}")
-    for r in rows:
-        impl = r["impl"] + (" +remat" if r["remat"] else "")
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        ratio = f"{r['vs_baseline']:.3f}" if r["vs_baseline"] else "-"
-        print(f"{r['config']:<14} {impl:<14} {r['ms_per_step']:>9} {r['tokens_per_s']:>10} {r['peak_memory_mb']:>9} {mfu:>6} {ratio:>8}")
+        memory = {}
+        for impl, remat in (("baseline", False), ("craft", False), ("craft", True)):
+            found = spawn(args, ["memory", name, impl, remat])
+            if found:
+                print(json.dumps(found), flush=True)
+                memory[(impl, remat)] = found["peak_memory_mb"]
+        for row in rows:
+            table.append((row, memory.get((row["impl"], False)), memory.get((row["impl"], True))))
+    print_table(table)
+
+
+def print_table(table: list[tuple[dict[str, Any], float | None, float | None]]) -> None:
+    columns = ("config", "impl", "ms/step", "tok/s", "MFU", "vs base", "peak MB", "+remat MB")
+    widths = (14, 9, 9, 9, 6, 8, 9, 10)
+    print("\n" + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
+    for row, mem, remat_mem in table:
+        cells = (
+            row["config"],
+            row["impl"],
+            row["ms_per_step"],
+            row["tokens_per_s"],
+            f"{row['mfu']:.1%}" if row["mfu"] is not None else "-",
+            f"{row['vs_baseline']:.3f}" if row.get("vs_baseline") else "-",
+            mem or "-",
+            remat_mem or "-",
+        )
+        print(" ".join(f"{c!s:>{w}}" for c, w in zip(cells, widths, strict=True)))
 
 
 if __name__ == "__main__":

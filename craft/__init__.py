@@ -1,12 +1,12 @@
 """Craft: a functional PyTorch framework (pure models over parameter trees, gin + Pydantic).
 
-    import craft
-    cfg = craft.gpt.GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=64)
-    params = craft.gpt.init(cfg, seed=0)
-    opt = craft.AdamW()
-    step = craft.make_train_step(functools.partial(craft.gpt.loss, cfg=cfg), opt, craft.Schedule())
-    state = craft.init_state(params, opt)
-    state, metrics = step(state, {"inputs": x, "targets": y})
+import craft
+cfg = craft.gpt.GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=64)
+params = craft.gpt.init(cfg, seed=0)
+opt = craft.AdamW()
+step = craft.make_train_step(functools.partial(craft.gpt.loss, cfg=cfg), opt, craft.Schedule())
+state = craft.init_state(params, opt)
+state, metrics = step(state, {"inputs": x, "targets": y})
 """
 
 from craft import tree

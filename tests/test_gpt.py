@@ -38,7 +38,9 @@ def test_apply_matches_the_reference_module(bias: bool) -> None:
 
 def test_fresh_model_loss_is_about_ln_vocab() -> None:
     cfg = SMALL.model_copy(update={"vocab_size": 500, "tie_embeddings": False})
-    loss, _ = gpt.loss(gpt.init(cfg, seed=0), {"inputs": tokens(8, 32, 500), "targets": tokens(8, 32, 500, 1)}, cfg)
+    loss, _ = gpt.loss(
+        gpt.init(cfg, seed=0), {"inputs": tokens(8, 32, 500), "targets": tokens(8, 32, 500, 1)}, cfg
+    )
     assert abs(loss.item() - math.log(500)) < 0.05
 
 
@@ -67,7 +69,14 @@ def test_param_count_and_kv_cache_decoding(
     positions: str, norm: str, tie: bool, bias: bool, heads: int, layers: int
 ) -> None:
     cfg = SMALL.model_copy(
-        update={"positions": positions, "norm": norm, "tie_embeddings": tie, "bias": bias, "n_head": heads, "n_layer": layers}
+        update={
+            "positions": positions,
+            "norm": norm,
+            "tie_embeddings": tie,
+            "bias": bias,
+            "n_head": heads,
+            "n_layer": layers,
+        }
     )
     params = gpt.init(cfg, seed=1)
     assert gpt.param_count(cfg) == tree.count(params)
@@ -75,7 +84,9 @@ def test_param_count_and_kv_cache_decoding(
     full = gpt.apply(params, x, cfg)
     cache = gpt.init_cache(cfg, batch=2)
     steps = [gpt.decode_step(params, cache, x[:, :5], torch.tensor(0), cfg)]
-    steps += [gpt.decode_step(params, cache, x[:, t : t + 1], torch.tensor(t), cfg) for t in range(5, 12)]
+    steps += [
+        gpt.decode_step(params, cache, x[:, t : t + 1], torch.tensor(t), cfg) for t in range(5, 12)
+    ]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -86,7 +97,9 @@ def test_dropout_follows_the_key_and_remat_changes_nothing() -> None:
     a, b = gpt.apply(params, x, cfg, rng=key(1)), gpt.apply(params, x, cfg, rng=key(1))
     assert torch.equal(a, b)
     assert not torch.allclose(a, gpt.apply(params, x, cfg, rng=key(2)))
-    assert torch.equal(gpt.apply(params, x, cfg), gpt.apply(params, x, cfg.model_copy(update={"dropout": 0.0})))
+    assert torch.equal(
+        gpt.apply(params, x, cfg), gpt.apply(params, x, cfg.model_copy(update={"dropout": 0.0}))
+    )
     remat = cfg.model_copy(update={"remat": True})
     torch.testing.assert_close(gpt.apply(params, x, remat, rng=key(1)), a)
 

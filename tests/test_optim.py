@@ -65,17 +65,25 @@ def test_adamw_matches_torch_over_many_steps(beta2: float, weight_decay: float, 
     assert state["step"].item() == 300
 
 
-@pytest.mark.parametrize(("momentum", "nesterov", "wd"), [(0.0, False, 0.0), (0.9, False, 0.01), (0.9, True, 0.0)])
+@pytest.mark.parametrize(
+    ("momentum", "nesterov", "wd"), [(0.0, False, 0.0), (0.9, False, 0.01), (0.9, True, 0.0)]
+)
 def test_sgd_matches_torch(momentum: float, nesterov: bool, wd: float) -> None:
     params = make_params(3)
     reference = [t.clone().requires_grad_(True) for t in leaves(params)]
     ours = SGD(momentum=momentum, nesterov=nesterov, weight_decay=wd)
     state = ours.init(params)
-    torch_opt = torch.optim.SGD(reference, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    torch_opt = torch.optim.SGD(
+        reference, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=wd
+    )
     g = torch.Generator().manual_seed(4)
     for _ in range(100):
         grads = [torch.randn(t.shape, generator=g) for t in reference]
-        tree_grads = {"tok": {"embedding": grads[0]}, "layer": {"w": grads[1], "b": grads[2]}, "norm": {"scale": grads[3]}}
+        tree_grads = {
+            "tok": {"embedding": grads[0]},
+            "layer": {"w": grads[1], "b": grads[2]},
+            "norm": {"scale": grads[3]},
+        }
         ours.update(tree_grads, state, params, lr=0.05)
         for t, grad in zip(reference, grads, strict=True):
             t.grad = grad
@@ -85,7 +93,9 @@ def test_sgd_matches_torch(momentum: float, nesterov: bool, wd: float) -> None:
 
 
 def test_warmup_cosine_shape() -> None:
-    s = Schedule(kind="warmup_cosine", peak_lr=1e-3, final_lr=1e-4, warmup_steps=100, total_steps=2000)
+    s = Schedule(
+        kind="warmup_cosine", peak_lr=1e-3, final_lr=1e-4, warmup_steps=100, total_steps=2000
+    )
     assert s(0).item() == pytest.approx(1e-5)
     assert s(99).item() == pytest.approx(1e-3)
     assert s(100).item() == pytest.approx(1e-3)
@@ -94,7 +104,9 @@ def test_warmup_cosine_shape() -> None:
 
 
 def test_wsd_holds_then_decays_linearly() -> None:
-    s = Schedule(kind="wsd", peak_lr=1.0, final_lr=0.0, warmup_steps=10, total_steps=100, decay_fraction=0.2)
+    s = Schedule(
+        kind="wsd", peak_lr=1.0, final_lr=0.0, warmup_steps=10, total_steps=100, decay_fraction=0.2
+    )
     assert s(50).item() == pytest.approx(1.0) and s(80).item() == pytest.approx(1.0)
     assert s(90).item() == pytest.approx(0.5) and s(100).item() == pytest.approx(0.0)
 
@@ -106,7 +118,9 @@ def test_wsd_holds_then_decays_linearly() -> None:
     total=st.integers(50, 500),
     step=st.integers(0, 600),
 )
-def test_schedules_stay_between_zero_and_peak(kind: str, warmup: int, total: int, step: int) -> None:
+def test_schedules_stay_between_zero_and_peak(
+    kind: str, warmup: int, total: int, step: int
+) -> None:
     s = Schedule(kind=kind, peak_lr=2e-3, final_lr=1e-4, warmup_steps=warmup, total_steps=total)  # type: ignore[arg-type]
     lr = s(torch.tensor(step)).item()
     assert 0 < lr <= 2e-3 * (1 + 1e-6)

@@ -27,7 +27,10 @@ def run(steps: int, batches: list[dict], *, seed: int = 0, cfg: gpt.GPTConfig = 
     optimizer = options.pop("optimizer", AdamW())
     state = init_state(gpt.init(cfg, seed=seed), optimizer, seed=seed)
     step = make_train_step(
-        functools.partial(gpt.loss, cfg=cfg), optimizer, options.pop("schedule", CONSTANT), **options
+        functools.partial(gpt.loss, cfg=cfg),
+        optimizer,
+        options.pop("schedule", CONSTANT),
+        **options,
     )
     history = []
     for i in range(steps):
@@ -80,8 +83,17 @@ def sgd_delta(clip_norm: float | None) -> tuple[torch.Tensor, float]:
     """The update of plain SGD with lr 1 is minus the (clipped) gradient."""
     params = gpt.init(CFG, seed=0)
     before = [p.clone() for p in tree.leaves(params)]
-    state, history = run(1, [batch(4)], compile=False, clip_norm=clip_norm, optimizer=SGD(momentum=0.0), schedule=Schedule(kind="constant", peak_lr=1.0))
-    delta = torch.cat([(b - a.detach()).flatten() for a, b in zip(tree.leaves(state.params), before, strict=True)])
+    state, history = run(
+        1,
+        [batch(4)],
+        compile=False,
+        clip_norm=clip_norm,
+        optimizer=SGD(momentum=0.0),
+        schedule=Schedule(kind="constant", peak_lr=1.0),
+    )
+    delta = torch.cat(
+        [(b - a.detach()).flatten() for a, b in zip(tree.leaves(state.params), before, strict=True)]
+    )
     return delta, history[0]["grad_norm"]
 
 
@@ -96,9 +108,11 @@ def test_clipping_bounds_the_norm_and_reports_the_norm_before() -> None:
     torch.testing.assert_close(untouched, unclipped, atol=0.0, rtol=0.0)
 
 
-def poisoned_loss(params, batch, *, rng=None):  # noqa: ANN001, ANN201
+def poisoned_loss(params, batch, *, rng=None):
     """A linear model whose loss overflows when batch["poison"] is set."""
-    value = ((batch["inputs"].float() @ params["w"]) ** 2).mean() * (1.0 + batch["poison"].max() * 1e36)
+    value = ((batch["inputs"].float() @ params["w"]) ** 2).mean() * (
+        1.0 + batch["poison"].max() * 1e36
+    )
     return value, {"tokens": torch.tensor(batch["inputs"].shape[0])}
 
 
@@ -106,7 +120,9 @@ def test_fp16_overflow_skips_the_update_and_halves_the_scale() -> None:
     optimizer = AdamW()
     # A small initial scale: fp16 gradients of this toy overflow at the default 2**16.
     state = init_state({"w": torch.randn(4, 2)}, optimizer, init_loss_scale=256.0)
-    step = make_train_step(poisoned_loss, optimizer, CONSTANT, precision="fp16", compile=False, growth_interval=2)
+    step = make_train_step(
+        poisoned_loss, optimizer, CONSTANT, precision="fp16", compile=False, growth_interval=2
+    )
     clean = {"inputs": torch.randn(3, 4), "poison": torch.zeros(3)}
     poisoned = {"inputs": torch.randn(3, 4), "poison": torch.ones(3)}
     before = state.params["w"].detach().clone()
@@ -114,7 +130,9 @@ def test_fp16_overflow_skips_the_update_and_halves_the_scale() -> None:
     state, metrics = step(state, poisoned)
     assert metrics["skipped"].item() == 1 and not torch.isfinite(metrics["grad_norm"])
     assert torch.equal(state.params["w"], before)
-    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(state.opt_state), moments, strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(tree.leaves(state.opt_state), moments, strict=True)
+    )
     assert state.loss_scale["scale"].item() == 128.0
     state, metrics = step(state, clean)
     assert metrics["skipped"].item() == 0 and not torch.equal(state.params["w"], before)
@@ -124,7 +142,13 @@ def test_fp16_overflow_skips_the_update_and_halves_the_scale() -> None:
 
 
 def test_bf16_trains_with_fp32_master_params() -> None:
-    state, history = run(30, [batch(4)], compile=False, precision="bf16", schedule=Schedule(kind="constant", peak_lr=1e-2))
+    state, history = run(
+        30,
+        [batch(4)],
+        compile=False,
+        precision="bf16",
+        schedule=Schedule(kind="constant", peak_lr=1e-2),
+    )
     assert all(p.dtype == torch.float32 for p in tree.leaves(state.params))
     assert history[-1]["loss"] < history[0]["loss"] - 1.0
 
@@ -140,7 +164,13 @@ def test_same_seed_gives_bit_identical_params() -> None:
 
 
 def test_a_tiny_model_overfits_a_tiny_batch() -> None:
-    _, history = run(150, [batch(2)], compile=False, schedule=Schedule(kind="constant", peak_lr=1e-2), optimizer=AdamW(weight_decay=0.0))
+    _, history = run(
+        150,
+        [batch(2)],
+        compile=False,
+        schedule=Schedule(kind="constant", peak_lr=1e-2),
+        optimizer=AdamW(weight_decay=0.0),
+    )
     assert history[0]["loss"] > 3.0
     assert history[-1]["loss"] < 0.1
 

@@ -15,8 +15,10 @@ names = st.text("abcdefgh_", min_size=1, max_size=4)
 leaf = st.integers(0, 4).map(lambda n: torch.arange(n, dtype=torch.float32) - 1.5)
 trees = st.recursive(
     leaf,
-    lambda children: st.dictionaries(names, children, min_size=1, max_size=3)
-    | st.lists(children, min_size=1, max_size=3),
+    lambda children: (
+        st.dictionaries(names, children, min_size=1, max_size=3)
+        | st.lists(children, min_size=1, max_size=3)
+    ),
     max_leaves=10,
 ).filter(lambda t: isinstance(t, dict))
 
@@ -63,7 +65,7 @@ def test_names_that_do_not_fit_are_named() -> None:
     t = {"a": torch.ones(1), "b": torch.ones(1)}
     with pytest.raises(KeyError, match=r"missing \['b'\], unexpected \['c'\]"):
         tree.from_dotted({"a": torch.ones(1), "c": torch.ones(1)}, like=t)
-    with pytest.raises(ValueError, match="contains '.'"):
+    with pytest.raises(ValueError, match=r"contains '\.'"):
         tree.to_dotted({"a.b": torch.ones(1)})
 
 

@@ -1,9 +1,9 @@
 """A decoder-only transformer (GPT) as pure functions over a params tree.
 
-    params = init(cfg, seed=0)
-    logits = apply(params, tokens, cfg)                  # [B, T] -> [B, T, vocab]
-    loss, aux = loss(params, {"inputs": x, "targets": y}, cfg, rng=key)
-    cache = init_cache(cfg, batch=1); logits = decode_step(params, cache, tokens, pos, cfg)
+params = init(cfg, seed=0)
+logits = apply(params, tokens, cfg)                  # [B, T] -> [B, T, vocab]
+loss, aux = loss(params, {"inputs": x, "targets": y}, cfg, rng=key)
+cache = init_cache(cfg, batch=1); logits = decode_step(params, cache, tokens, pos, cfg)
 """
 
 from __future__ import annotations
@@ -162,7 +162,10 @@ def init_cache(
     """An empty key/value cache: per layer `k`, `v` of `[batch, n_head, max_len, head_dim]`."""
     shape = (batch, cfg.n_head, max_len or cfg.block_size, cfg.head_dim)
     return [
-        {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
+        {
+            "k": torch.zeros(shape, dtype=dtype, device=device),
+            "v": torch.zeros(shape, dtype=dtype, device=device),
+        }
         for _ in range(cfg.n_layer)
     ]
 
@@ -187,9 +190,7 @@ def decode_step(
     rotary = _rotary(cfg, cache[0]["k"].shape[2], tokens.device)
     for block, layer_cache in zip(params["blocks"], cache, strict=True):
         h = _norm(cfg, block["ln1"], x)
-        x = x + cached_self_attention(
-            block["attn"], h, cfg.n_head, layer_cache, pos, rotary=rotary
-        )
+        x = x + cached_self_attention(block["attn"], h, cfg.n_head, layer_cache, pos, rotary=rotary)
         x = x + mlp(block["mlp"], _norm(cfg, block["ln2"], x))
     return _logits(params, x, cfg)
 
@@ -201,7 +202,9 @@ def _block(
     rotary: tuple[torch.Tensor, torch.Tensor] | None,
     key: torch.Tensor | None,
 ) -> torch.Tensor:
-    attn = causal_self_attention(block["attn"], _norm(cfg, block["ln1"], x), cfg.n_head, rotary=rotary)
+    attn = causal_self_attention(
+        block["attn"], _norm(cfg, block["ln1"], x), cfg.n_head, rotary=rotary
+    )
     x = x + dropout(attn, cfg.dropout, _key(key, 0))
     return x + dropout(mlp(block["mlp"], _norm(cfg, block["ln2"], x)), cfg.dropout, _key(key, 1))
 
@@ -213,7 +216,11 @@ def _logits(params: Params, x: torch.Tensor, cfg: GPTConfig) -> torch.Tensor:
 
 
 def _init_norm(cfg: GPTConfig) -> Params:
-    return init_layer_norm(cfg.n_embd, bias=cfg.bias) if cfg.norm == "layer" else init_rms_norm(cfg.n_embd)
+    return (
+        init_layer_norm(cfg.n_embd, bias=cfg.bias)
+        if cfg.norm == "layer"
+        else init_rms_norm(cfg.n_embd)
+    )
 
 
 def _norm(cfg: GPTConfig, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -228,4 +235,3 @@ def _rotary(
 
 def _key(rng: torch.Tensor | None, index: int) -> torch.Tensor | None:
     return None if rng is None else fold_in(rng, index)
-

@@ -10,9 +10,7 @@ from craft.nn.layers import init_linear, linear
 from craft.tree import Params
 
 
-def init_attention(
-    dim: int, generator: torch.Generator, *, bias: bool, out_std: float
-) -> Params:
+def init_attention(dim: int, generator: torch.Generator, *, bias: bool, out_std: float) -> Params:
     return {
         "qkv": init_linear(dim, 3 * dim, generator, bias=bias),
         "proj": init_linear(dim, dim, generator, bias=bias, std=out_std),
@@ -23,7 +21,9 @@ def rotary_tables(
     head_dim: int, length: int, base: float = 10000.0, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables, `[length, head_dim // 2]`, for rotary position embeddings."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    inv_freq = base ** (
+        -torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+    )
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
 

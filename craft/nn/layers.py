@@ -78,4 +78,3 @@ def dropout(x: torch.Tensor, rate: float, key: torch.Tensor | None) -> torch.Ten
         raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
     keep = uniform(key, x.shape) >= rate
     return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype, device=x.device))
-

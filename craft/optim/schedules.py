@@ -41,8 +41,11 @@ class Schedule(BaseModel):
             return peak.expand_as(s).clone()
         warmup = peak * (s + 1) / max(self.warmup_steps, 1)
         if self.kind == "warmup_cosine":
-            span = max(self.total_steps - self.warmup_steps, 1)
-            progress = ((s - self.warmup_steps) / span).clamp(0.0, 1.0)
+            cosine_span = self.total_steps - self.warmup_steps
+            if cosine_span == 0:  # all warmup: the final lr from total_steps on
+                progress = (s >= self.total_steps).float()
+            else:
+                progress = ((s - self.warmup_steps) / cosine_span).clamp(0.0, 1.0)
             after = self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (
                 1 + torch.cos(math.pi * progress)
             )

@@ -28,7 +28,8 @@ class SGD(BaseModel):
         self, grads: Params, state: OptState, params: Params, *, lr: torch.Tensor | float
     ) -> tuple[Params, OptState]:
         """One step; `params` and `state` are updated in place and returned."""
-        p, g = tree.leaves(params), tree.leaves(grads)
+        p = tree.leaves(params)
+        g: list[torch.Tensor] | tuple[torch.Tensor, ...] = tree.leaves(grads)
         lr = torch.as_tensor(lr, dtype=torch.float32)
         if self.weight_decay:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)

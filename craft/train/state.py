@@ -8,7 +8,7 @@ import torch
 
 from craft import tree
 from craft.nn.random import key
-from craft.optim import OptState, Optimizer
+from craft.optim import Optimizer, OptState
 from craft.tree import Params
 
 

@@ -64,14 +64,18 @@ def make_train_step(
         params: Params, micro: Batch, key: torch.Tensor, scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         device_type = micro["inputs"].device.type
-        with torch.autocast(device_type, autocast_dtype or torch.float32, autocast_dtype is not None):
+        with torch.autocast(
+            device_type, autocast_dtype or torch.float32, autocast_dtype is not None
+        ):
             loss, aux = loss_fn(params, micro, rng=key)
         tokens = aux["tokens"]
         # Token-weighted sum, so that micro-batches add up to one mean over the whole batch.
         objective = loss.float() * tokens * scale
         return objective, loss.detach().float() * tokens, tokens
 
-    def unscale(grads: list[torch.Tensor], tokens: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def unscale(
+        grads: list[torch.Tensor], tokens: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
         torch._foreach_mul_(grads, 1.0 / (tokens * scale))
         return tree.global_norm(grads)
 
@@ -89,10 +93,15 @@ def make_train_step(
         norm = unscale(tree.leaves(grads), tokens, state.loss_scale["scale"])
         return norm, apply_update(state, grads, norm)
 
-    maybe_compile: Callable[[Any], Any] = torch.compile if compile else (lambda fn: fn)
+    def maybe_compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+        return torch.compile(fn, options=options or None) if compile else fn
+
+    # Foreach updates and norm reductions in one graph crashed inductor on CUDA
+    # (pytorch#176591); turning off loop reordering, for these graphs only, avoids it.
+    safe = {"loop_ordering_after_fusion": False}
     forward_c = maybe_compile(forward)
-    update_c = maybe_compile(update)  # fp32 / bf16: unscale, clip and update in one graph
-    unscale_c, apply_update_c = maybe_compile(unscale), maybe_compile(apply_update)  # fp16
+    update_c = maybe_compile(update, **safe)  # fp32 / bf16: unscale, clip, update in one graph
+    unscale_c, apply_update_c = maybe_compile(unscale, **safe), maybe_compile(apply_update, **safe)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         micros = _split(batch, accum_steps)
@@ -167,5 +176,3 @@ def _split(batch: Batch, parts: int) -> list[Batch]:
         raise ValueError(f"batch size {size} is not divisible by accum_steps={parts}")
     chunks = {name: value.chunk(parts) for name, value in batch.items()}
     return [{name: chunks[name][i] for name in batch} for i in range(parts)]
-
-
