@@ -1,0 +1,50 @@
+"""Hooks: how logging, checkpointing, sampling and user code follow a training run.
+
+A hook subclasses `Hook` and overrides what it needs. The loop calls, in order of the hooks list:
+`on_start` once, `on_step_end` after every step, `on_eval` after each evaluation,
+`on_checkpoint` after each checkpoint is written, and `on_end` once (also after Ctrl-C or a
+failure, so files get closed). A user adds one through gin:
+`TrainConfig.hooks = ['my_package.my_module.MyHook']` (constructed with no arguments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunInfo:
+    """What hooks may read about the run (they must not change the training state)."""
+
+    run_dir: Path
+    total_steps: int
+    start_step: int
+    configs: dict[str, Any]
+    """Effective configuration: {model name: {field: value}} as written to config.json."""
+    tokens_per_step: int
+    flops_per_token: float | None = None
+    peak_flops: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Shared objects for built-in hooks (e.g. the sampler); not part of the stable API."""
+
+
+class Hook:
+    """Does nothing; subclasses override the events they care about."""
+
+    def on_start(self, run: RunInfo) -> None:
+        """Before the first step (also on resume)."""
+
+    def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
+        """After optimizer step `step` (1-based count of steps done); metrics are floats:
+        loss, lr, grad_norm, tokens, skipped, loss_scale, tokens_per_s, step_time_s."""
+
+    def on_eval(self, run: RunInfo, step: int, results: dict[str, float]) -> None:
+        """After an evaluation: val_loss, val_perplexity, val_bits_per_token, ..."""
+
+    def on_checkpoint(self, run: RunInfo, step: int, path: Path) -> None:
+        """After a checkpoint is complete on disk at `path`."""
+
+    def on_end(self, run: RunInfo, summary: dict[str, Any]) -> None:
+        """After the last step, an interruption or a failure; summary says which."""
