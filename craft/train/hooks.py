@@ -9,6 +9,7 @@ failure, so files get closed). A user adds one through gin:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,18 @@ class RunInfo:
     configs: dict[str, Any]
     """Effective configuration: {model name: {field: value}} as written to config.json."""
     tokens_per_step: int
+    model_name: str = "gpt"
+    """Which model family: 'gpt' or 'rnn'."""
+    model_config: Any = None
+    """The model's validated config (GPTConfig or RNNConfig), vocab size filled in."""
+    tokenizer: Any = None
+    """The dataset's tokenizer (encode / decode)."""
+    read_state: Callable[[], Any] | None = None
+    """The current TrainState, for hooks that read params (sampling, checkpoints)."""
     flops_per_token: float | None = None
     peak_flops: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-    """Shared objects for built-in hooks (e.g. the sampler); not part of the stable API."""
+    """Shared objects between built-in hooks (e.g. the metrics logger); not a stable API."""
 
 
 class Hook:

@@ -1,0 +1,54 @@
+"""Training settings, bound with gin and checked by Pydantic."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from craft.config import configurable
+
+
+@configurable
+class TrainConfig(BaseModel):
+    """How long and how to train, evaluate, checkpoint and sample."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    model: Literal["gpt", "rnn"] = "gpt"
+    """Which model family: its shape comes from GPTConfig or RNNConfig."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    steps: int = Field(2000, gt=0)
+    batch_size: int = Field(12, gt=0)
+    """Sequences per optimizer step (split into accum_steps micro-batches)."""
+    accum_steps: int = Field(1, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    clip_norm: float | None = Field(1.0, gt=0)
+    compile: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, gt=0)
+    """CPU threads for torch; None keeps torch's default."""
+    eval_every: int = Field(500, ge=0)
+    """Steps between evaluations on the val split (0: only at the end)."""
+    eval_batches: int | None = Field(None, gt=0)
+    """Batches per periodic evaluation (None: the whole split). The final one is always whole."""
+    eval_batch_size: int = Field(64, gt=0)
+    checkpoint_every: int = Field(500, ge=0)
+    """Steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many of the newest checkpoints to keep (the best by val loss is kept as well)."""
+    sample_every: int = Field(500, ge=0)
+    """Steps between text samples written to samples.txt (0: only at the end)."""
+    sample_tokens: int = Field(200, gt=0)
+    sample_prompt: str | None = None
+    """Prompt for samples; None: the first tokens of the val split."""
+    hooks: list[str] = []
+    """Extra hooks, as import paths of Hook classes: ['my_package.hooks.MyHook']."""
+
+    @model_validator(mode="after")
+    def _accumulation_divides_batch(self) -> TrainConfig:
+        if self.batch_size % self.accum_steps:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of accum_steps={self.accum_steps}"
+            )
+        return self

@@ -1,0 +1,296 @@
+"""`fit`: the training run around the pure step (data, evaluation, checkpoints, hooks).
+
+The loop is plain Python on purpose: everything heavy happens in the compiled step. Batches are
+a pure function of (seed, step), and the whole state (params, optimizer, step, RNG, loss scale)
+lives in checkpoints, so a resumed run continues bit-exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from craft import checkpoint, tree
+from craft.data.datasets import train_batch
+from craft.data.prepare import PreparedData
+from craft.data.tokenizers import load_tokenizer
+from craft.errors import ConfigError, CraftError
+from craft.models import gpt, rnn
+from craft.optim import SGD, AdamW, Optimizer, Schedule
+from craft.train.config import TrainConfig
+from craft.train.evaluate import evaluate
+from craft.train.hooks import Hook, RunInfo
+from craft.train.state import TrainState, init_state, to_device
+from craft.train.step import make_train_step
+
+MODELS: dict[str, ModuleType] = {"gpt": gpt, "rnn": rnn}
+
+
+class TrainingError(CraftError):
+    """The run cannot go on (a non-finite loss, a checkpoint that does not fit)."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything `fit` needs, validated: configs, model module, optimizer, data."""
+
+    train: TrainConfig
+    model_name: str
+    model_cfg: Any  # GPTConfig | RNNConfig with vocab_size set
+    optimizer: Optimizer
+    schedule: Schedule
+    seed: int
+    block_size: int
+    data: PreparedData
+    configs: dict[str, BaseModel]
+
+
+def make_setup(configs: dict[str, BaseModel], data: PreparedData, seed: int) -> Setup:
+    """Fill the model's vocab from the dataset and check that the pieces fit together."""
+    train = _pick(configs, TrainConfig)
+    block_size = int(_pick_name(configs, "DataConfig").block_size)
+    vocab = int(data.meta["vocab_size"])
+    model_cfg: Any = configs["GPTConfig" if train.model == "gpt" else "RNNConfig"]
+    given = getattr(model_cfg, "vocab_size", None)
+    if given is not None and given != vocab:
+        raise ConfigError(
+            f"{type(model_cfg).__name__}.vocab_size = {given}, but the dataset's vocabulary has "
+            f"{vocab} symbols; leave vocab_size unset to take it from the data"
+        )
+    model_cfg = model_cfg.model_copy(update={"vocab_size": vocab})
+    if train.model == "gpt" and block_size > model_cfg.block_size:
+        raise ConfigError(
+            f"DataConfig.block_size = {block_size} exceeds GPTConfig.block_size = "
+            f"{model_cfg.block_size}, the longest context the model accepts"
+        )
+    optimizer: Optimizer = (
+        _pick(configs, AdamW) if train.optimizer == "adamw" else _pick(configs, SGD)
+    )
+    return Setup(
+        train=train,
+        model_name=train.model,
+        model_cfg=model_cfg,
+        optimizer=optimizer,
+        schedule=_pick(configs, Schedule),
+        seed=seed,
+        block_size=block_size,
+        data=data,
+        configs=configs,
+    )
+
+
+def fit(
+    setup: Setup,
+    run_dir: Path,
+    *,
+    hooks: list[Hook] | tuple[Hook, ...] = (),
+    resume: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate, checkpoint and call the hooks; returns the run's summary."""
+    train = setup.train
+    device = _device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    module = MODELS[setup.model_name]
+    loss_fn = functools.partial(module.loss, cfg=setup.model_cfg)
+    checkpoints = run_dir / "checkpoints"
+    state = to_device(
+        init_state(module.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed),
+        device,
+    )
+    if resume is not None:
+        state = _restore(checkpoint.resolve(resume, checkpoints), state)
+    start = int(state.step)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(setup.data.tokenizer_path, checkpoints / setup.data.tokenizer_path.name)
+
+    step_fn = make_train_step(
+        loss_fn, setup.optimizer, setup.schedule, precision=train.precision,
+        accum_steps=train.accum_steps, clip_norm=train.clip_norm, compile=train.compile,
+    )  # fmt: skip
+    train_tokens, val_tokens = setup.data.split("train"), setup.data.split("val")
+    tokenizer = load_tokenizer(setup.data.tokenizer_path)
+    val_chars = len(tokenizer.decode(val_tokens)) if len(val_tokens) else None
+    holder = {"state": state}
+    run = RunInfo(
+        run_dir=run_dir,
+        total_steps=train.steps,
+        start_step=start,
+        configs={name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()},
+        tokens_per_step=train.batch_size * setup.block_size,
+        model_name=setup.model_name,
+        model_config=setup.model_cfg,
+        tokenizer=tokenizer,
+        read_state=lambda: holder["state"],
+        flops_per_token=_flops_per_token(setup),
+    )
+    checkpointer = Checkpointer(setup, train.checkpoint_every, train.keep_checkpoints)
+    all_hooks = [checkpointer, *hooks, *(_load_hook(path) for path in train.hooks)]
+    checkpointer.listeners = all_hooks
+
+    def run_eval(step: int, whole: bool) -> dict[str, float]:
+        results = evaluate(
+            loss_fn, holder["state"].params, val_tokens, block_size=setup.block_size,
+            batch_size=train.eval_batch_size, device=device,
+            max_batches=None if whole else train.eval_batches, chars=val_chars,
+        )  # fmt: skip
+        named = {f"val_{key}": value for key, value in results.items()}
+        for hook in all_hooks:
+            hook.on_eval(run, step, named)
+        return named
+
+    summary: dict[str, Any] = {"status": "running", "start_step": start, "run_dir": str(run_dir)}
+    started = time.perf_counter()
+    step = start
+    for hook in all_hooks:
+        hook.on_start(run)
+    try:
+        while step < train.steps:
+            tick = time.perf_counter()
+            batch = train_batch(
+                train_tokens, block_size=setup.block_size, batch_size=train.batch_size,
+                seed=setup.seed, step=step,
+            )  # fmt: skip
+            batch = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+            holder["state"], tensors = step_fn(holder["state"], batch)
+            metrics = {name: float(value) for name, value in tensors.items()}
+            step += 1
+            if not math.isfinite(metrics["loss"]) and train.precision != "fp16":
+                last = checkpoint.list_checkpoints(checkpoints)
+                raise TrainingError(
+                    f"the loss became {metrics['loss']} at step {step}; stopping. "
+                    + (
+                        f"The last good checkpoint is {last[-1]}"
+                        if last
+                        else "No checkpoint was written."
+                    )
+                )
+            elapsed = time.perf_counter() - tick
+            metrics.update(step_time_s=elapsed, tokens_per_s=metrics["tokens"] / max(elapsed, 1e-9))
+            last_step = step == train.steps
+            if train.eval_every and step % train.eval_every == 0 and not last_step:
+                run_eval(step, whole=False)
+            if last_step:
+                summary.update(run_eval(step, whole=True))
+            for hook in all_hooks:
+                hook.on_step_end(run, step, metrics)
+        summary["status"] = "finished"
+        if checkpointer.last_saved != step:
+            checkpointer.save(run, step)
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        if step > start and checkpointer.last_saved != step:
+            checkpointer.save(run, step)
+    except TrainingError:
+        summary["status"] = "failed"
+        raise
+    finally:
+        summary.update(
+            steps=step,
+            tokens=(step - start) * run.tokens_per_step,
+            seconds=round(time.perf_counter() - started, 2),
+            best_val_loss=checkpointer.best_val_loss,
+            checkpoint=str(checkpointer.last_path) if checkpointer.last_path else None,
+        )
+        if "val_loss" in summary:
+            summary["val_perplexity"] = math.exp(min(summary["val_loss"], 700.0))
+        for hook in all_hooks:
+            hook.on_end(run, summary)
+    return summary
+
+
+class Checkpointer(Hook):
+    """Saves every `every` steps (after that step's evaluation), keeps the newest `keep` and the
+    best by val loss. The loop also calls `save` at the end and on Ctrl-C."""
+
+    def __init__(self, setup: Setup, every: int, keep: int):
+        self.setup, self.every, self.keep = setup, every, keep
+        self.val_loss: dict[int, float] = {}
+        self.last_saved: int | None = None
+        self.last_path: Path | None = None
+        self.best_val_loss: float | None = None
+        self.listeners: list[Hook] = []  # told on_checkpoint after each save
+
+    def on_eval(self, run: RunInfo, step: int, results: dict[str, float]) -> None:
+        loss = results["val_loss"]
+        self.val_loss[step] = loss
+        if self.best_val_loss is None or loss < self.best_val_loss:
+            self.best_val_loss = loss
+
+    def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
+        if self.every and step % self.every == 0 and step < run.total_steps:
+            self.save(run, step)
+
+    def save(self, run: RunInfo, step: int) -> Path:
+        assert run.read_state is not None
+        state: TrainState = run.read_state()
+        meta = {
+            "step": step,
+            "data_position": step,
+            "val_loss": self.val_loss.get(step),
+            "model": self.setup.model_name,
+            "model_config": self.setup.model_cfg.model_dump(mode="json"),
+            "configs": run.configs,
+            "tokenizer": self.setup.data.tokenizer_path.name,
+            "versions": {"torch": torch.__version__, "craft": importlib.metadata.version("craft")},
+        }
+        directory = run.run_dir / "checkpoints"
+        path = checkpoint.save(directory, state._asdict(), step, meta)
+        checkpoint.prune(directory, self.keep)
+        self.last_saved, self.last_path = step, path
+        for hook in self.listeners:
+            hook.on_checkpoint(run, step, path)
+        return path
+
+
+def _restore(path: Path, fresh: TrainState) -> TrainState:
+    loaded, _ = checkpoint.load(path, like=fresh._asdict())
+    params = tree.tree_map(lambda p: p.requires_grad_(True), loaded["params"])
+    return TrainState(**{**loaded, "params": params})
+
+
+def _load_hook(path: str) -> Hook:
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        hook = getattr(importlib.import_module(module_name), class_name)()
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(f"TrainConfig.hooks: cannot load '{path}': {error}") from None
+    if not isinstance(hook, Hook):
+        raise ConfigError(f"TrainConfig.hooks: '{path}' is not a craft.train.hooks.Hook")
+    return hook
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("TrainConfig.device = 'cuda', but no CUDA device is available")
+    return torch.device(name)
+
+
+def _flops_per_token(setup: Setup) -> float | None:
+    if setup.model_name != "gpt":
+        return None
+    cfg = setup.model_cfg
+    return float(6 * gpt.param_count(cfg) + 12 * cfg.n_layer * cfg.n_embd * setup.block_size)
+
+
+def _pick(configs: dict[str, BaseModel], kind: type[Any]) -> Any:
+    return _pick_name(configs, kind.__name__)
+
+
+def _pick_name(configs: dict[str, BaseModel], name: str) -> Any:
+    if name not in configs:
+        raise ConfigError(f"the run needs {name}, which is not among the configs")
+    return configs[name]
