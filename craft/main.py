@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import fire
 from pydantic import BaseModel
@@ -24,7 +25,17 @@ from craft.data.text import read_text
 from craft.data.tokenizers import SentencePieceTokenizer
 from craft.errors import ConfigError, CraftError
 from craft.models.gpt import GPTConfig, param_count
+from craft.checkpoint import list_checkpoints
+from craft.checkpoint import resolve as resolve_checkpoint
+from craft.config import ModelT
+from craft.data.prepare import open_split
+from craft.generate import SamplingConfig, generate_text
+from craft.inference import load_for_inference
+from craft.metrics import MetricsConfig, MetricsLogger, plot_run
 from craft.runs import RunConfig, create_run_dir, write_effective_config
+from craft.samples import SampleHook
+from craft.train.evaluate import evaluate
+from craft.train.loop import fit, make_setup
 
 
 class Commands:
@@ -38,20 +49,86 @@ class Commands:
     def __init__(self, gin_files: Sequence[str], gin_params: Sequence[str]):
         self._gin_files = list(gin_files)
         self._gin_params = list(gin_params)
+        self.exit_code = 0
 
-    def run(self) -> None:
-        """Run the configured job: fetch and prepare its data, writing a run folder."""
+    def run(self, resume: str | None = None) -> None:
+        """Train what the gin files configure: data, model, checkpoints, metrics, samples.
+
+        --resume=latest continues this experiment's newest run; --resume=PATH continues from a
+        checkpoint file or run folder. The run goes on in the folder it came from.
+        """
         configs = self._configs()
-        run_cfg = configs[RunConfig.__name__]
-        data_cfg = configs[DataConfig.__name__]
-        tok_cfg = configs[TokenizerConfig.__name__]
-        assert isinstance(run_cfg, RunConfig) and isinstance(data_cfg, DataConfig)
-        assert isinstance(tok_cfg, TokenizerConfig)
-        run_dir = create_run_dir(run_cfg)
-        write_effective_config(run_dir, configs.values())
+        run_cfg, data_cfg, tok_cfg = (
+            _get(configs, RunConfig), _get(configs, DataConfig), _get(configs, TokenizerConfig)
+        )  # fmt: skip
+        checkpoint_path = _resume_from(resume, run_cfg) if resume else None
         prepared = _prepare(data_cfg, tok_cfg)
         _report(prepared)
-        print(f"run folder: {run_dir} (config.gin, config.json)")
+        setup = make_setup(configs, prepared, seed=run_cfg.seed)
+        if checkpoint_path is not None:
+            run_dir = checkpoint_path.parent.parent
+        else:
+            run_dir = create_run_dir(run_cfg)
+        write_effective_config(run_dir, configs.values())
+        metrics = MetricsLogger(_get(configs, MetricsConfig))
+        hooks = [SampleHook(metrics), metrics]  # samples reach W&B before it closes
+        summary = fit(setup, run_dir, hooks=hooks, resume=checkpoint_path)
+        _print_summary(summary)
+        if summary["status"] == "interrupted":
+            self.exit_code = 130  # like a shell's Ctrl-C, after a clean save
+
+    train = run
+
+    def evaluate(self, checkpoint: str, split: str = "val") -> None:
+        """Loss, perplexity and bits per token (and per character) over a whole split."""
+        path = resolve_checkpoint(checkpoint)
+        loaded = load_for_inference(path)
+        configs = loaded.meta["configs"]
+        data_cfg = DataConfig.model_validate(configs["DataConfig"])
+        tok_cfg = TokenizerConfig.model_validate(configs["TokenizerConfig"])
+        directory = default_prepared_dir(data_cfg, tok_cfg)
+        tokens = open_split(directory, split)
+        results = evaluate(
+            loaded.loss_fn, loaded.params, tokens, block_size=data_cfg.block_size,
+            batch_size=64, chars=len(loaded.tokenizer.decode(tokens)),
+        )  # fmt: skip
+        print(json.dumps({"checkpoint": str(path), "split": split, **results}))
+
+    def generate(
+        self,
+        checkpoint: str,
+        prompt: str = "\n",
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        seed: int = 0,
+        num_samples: int = 1,
+        compile: bool = False,
+    ) -> None:
+        """Stream text from a checkpoint (KV-cache decoding for the GPT)."""
+        sampling = SamplingConfig.checked(
+            temperature=temperature, top_k=top_k, top_p=top_p,
+            max_new_tokens=max_new_tokens, seed=seed,
+        )  # fmt: skip
+        if num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+        loaded = load_for_inference(resolve_checkpoint(checkpoint))
+        loaded.tokenizer.encode(str(prompt))  # a prompt the vocabulary lacks fails before output
+        for index in range(num_samples):
+            if num_samples > 1:
+                print(f"--- sample {index + 1} ---")
+            sys.stdout.write(prompt)
+            generate_text(
+                loaded.model_name, loaded.params, loaded.model_cfg, loaded.tokenizer, str(prompt),
+                sampling.model_copy(update={"seed": seed + index}), stream=sys.stdout,
+                compile=compile,
+            )  # fmt: skip
+            print()
+
+    def plot(self, run: str) -> None:
+        """Write loss.png (train and val loss, lr) for a run folder from its metrics.jsonl."""
+        print(plot_run(Path(run)))
 
     def show_config(self) -> None:
         """Print the effective configuration as gin text and the model size; runs nothing."""
@@ -171,6 +248,40 @@ def _prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig) -> PreparedData:
     )
 
 
+def _get(configs: dict[str, BaseModel], kind: type[ModelT]) -> ModelT:
+    found = configs[kind.__name__]
+    assert isinstance(found, kind)
+    return found
+
+
+def _resume_from(spec: str, run_cfg: RunConfig) -> Path:
+    """The checkpoint to resume: `latest` is the newest in this experiment's newest run."""
+    if spec != "latest":
+        return resolve_checkpoint(spec)
+    runs = sorted((Path(run_cfg.output_dir) / run_cfg.name).glob("*/*/checkpoints"))
+    for checkpoints in reversed(runs):
+        if list_checkpoints(checkpoints):
+            return resolve_checkpoint("latest", checkpoints)
+    raise ConfigError(f"--resume=latest: no checkpoint under {Path(run_cfg.output_dir) / run_cfg.name}")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    lines = [
+        f"status: {summary['status']} after {summary['steps']} steps "
+        f"({summary['tokens']:,} tokens in {summary['seconds']:.1f} s)",
+    ]
+    if summary.get("val_loss") is not None:
+        lines.append(
+            f"val loss {summary['val_loss']:.4f}, perplexity {summary['val_perplexity']:.2f}"
+            + (f", bits/char {summary['val_bits_per_char']:.3f}" if "val_bits_per_char" in summary else "")
+        )
+    if summary.get("best_val_loss") is not None:
+        lines.append(f"best val loss {summary['best_val_loss']:.4f}")
+    lines.append(f"checkpoint: {summary['checkpoint']}")
+    lines.append(f"run folder: {summary['run_dir']}")
+    print("\n".join(lines))
+
+
 def _report(prepared: PreparedData) -> None:
     meta = prepared.meta
     tokens = ", ".join(f"{name} {count:,}" for name, count in meta["tokens"].items())
@@ -209,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rest = ["run", *rest]
         _check_flags(rest)
         config.parse(gin_files, gin_params)
-        fire.Fire(Commands(gin_files, gin_params), command=rest, name="craft.main")
+        commands = Commands(gin_files, gin_params)
+        fire.Fire(commands, command=rest, name="craft.main")
     except CraftError as error:
         print(f"craft: error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
@@ -218,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("craft: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return commands.exit_code
 
 
 if __name__ == "__main__":

@@ -48,5 +48,7 @@ def evaluate(
         "tokens": total_tokens,
     }
     if chars and max_batches is None:
-        results["bits_per_char"] = total_nats / math.log(2) / chars
+        # Tokens per character of this split turn bits per token into bits per character
+        # (the same number for a char tokenizer).
+        results["bits_per_char"] = results["bits_per_token"] * len(tokens) / chars
     return results

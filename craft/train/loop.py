@@ -15,7 +15,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -26,16 +25,13 @@ from craft.data.datasets import train_batch
 from craft.data.prepare import PreparedData
 from craft.data.tokenizers import load_tokenizer
 from craft.errors import ConfigError, CraftError
-from craft.models import gpt, rnn
+from craft.models import CONFIGS, MODELS, gpt
 from craft.optim import SGD, AdamW, Optimizer, Schedule
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
 from craft.train.hooks import Hook, RunInfo
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
-
-MODELS: dict[str, ModuleType] = {"gpt": gpt, "rnn": rnn}
-
 
 class TrainingError(CraftError):
     """The run cannot go on (a non-finite loss, a checkpoint that does not fit)."""
@@ -61,7 +57,7 @@ def make_setup(configs: dict[str, BaseModel], data: PreparedData, seed: int) -> 
     train = _pick(configs, TrainConfig)
     block_size = int(_pick_name(configs, "DataConfig").block_size)
     vocab = int(data.meta["vocab_size"])
-    model_cfg: Any = configs["GPTConfig" if train.model == "gpt" else "RNNConfig"]
+    model_cfg: Any = _pick(configs, CONFIGS[train.model])
     given = getattr(model_cfg, "vocab_size", None)
     if given is not None and given != vocab:
         raise ConfigError(
