@@ -147,7 +147,7 @@ def generate(
             raise ConfigError(f"model 'rnn' needs an RNNConfig, got {type(model_cfg).__name__}")
         rnn_cfg = model_cfg
         length = RNN_CONTEXT if context is None else _positive_context(context)
-        tokens = _prompt(prompt_ids, length, rnn_cfg.vocab_size)
+        tokens = _prompt(prompt_ids, length, rnn_cfg.vocab_size, stacklevel=3)
         return _generate_sliding(
             lambda x: rnn.apply(params, x, rnn_cfg), tokens, length, cfg, device=device
         )
@@ -330,7 +330,10 @@ def _logits(fn: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
     return fn(*args)[:, -1]
 
 
-def _prompt(prompt_ids: Sequence[int], context: int, vocab_size: int | None) -> list[int]:
+def _prompt(
+    prompt_ids: Sequence[int], context: int, vocab_size: int | None, *, stacklevel: int
+) -> list[int]:
+    """The prompt as ints, checked, cropped to the context; `stacklevel` finds the caller."""
     tokens = [int(t) for t in prompt_ids]
     if not tokens:
         raise ConfigError("the prompt is empty")
@@ -341,7 +344,7 @@ def _prompt(prompt_ids: Sequence[int], context: int, vocab_size: int | None) -> 
         warnings.warn(
             f"prompt of {len(tokens)} tokens is longer than the context ({context}); "
             f"keeping the last {context}",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
         tokens = tokens[-context:]
     return tokens
@@ -355,7 +358,7 @@ def _gpt_config(model_cfg: gpt.GPTConfig | rnn.RNNConfig) -> gpt.GPTConfig:
 
 def _gpt_window(cfg: gpt.GPTConfig, prompt_ids: Sequence[int], context: int | None) -> _Window:
     limit = _gpt_context(cfg, context)
-    return _Window(_prompt(prompt_ids, limit, cfg.vocab_size), limit)
+    return _Window(_prompt(prompt_ids, limit, cfg.vocab_size, stacklevel=4), limit)
 
 
 def _gpt_context(cfg: gpt.GPTConfig, context: int | None) -> int:

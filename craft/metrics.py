@@ -81,9 +81,10 @@ class MetricsLogger(Hook):
     def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
         """Every `log_every` steps (and at the last step): one train row, W&B log, bar update."""
         if self._bar is not None:
-            self._bar.update(step - self._bar.n)
+            # Postfix first: update() redraws (at most every 0.1 s) and shows both.
             self._bar.set_postfix(_postfix(step, metrics), refresh=False)
-        if step % self.cfg.log_every :
+            self._bar.update(step - self._bar.n)
+        if step % self.cfg.log_every and step != run.total_steps:
             return
         row: dict[str, Any] = {"kind": "train", "step": step, **metrics}
         tokens_per_s = metrics.get("tokens_per_s")

@@ -69,6 +69,8 @@ def clean_wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    # matplotlib (the plot at on_end) caches its font list in ~/.cache when first imported.
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "matplotlib"))
     return home
 
 
@@ -148,7 +150,7 @@ def test_wandb_offline_writes_in_the_run_folder_only(tmp_path: Path, clean_wandb
     assert (offline_runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
     tables = list(offline_runs[0].rglob("samples_*.table.json"))
     assert tables and "Winter is coming" in tables[0].read_text()
-    assert [p for p in clean_wandb_env.rglob("*")] == []  # nothing in ~/.cache, ~/.config
+    assert list(clean_wandb_env.rglob("*")) == []  # nothing in ~/.cache, ~/.config
     assert not any(name in os.environ for name in WANDB_ENV[1:])  # our settings were undone
 
     # A resumed run in the same folder continues the same W&B run id.
@@ -173,7 +175,10 @@ def test_wandb_mode_follows_wandb_mode_env_when_unset(
 
 
 def test_wandb_failure_warns_once_and_the_run_goes_on(
-    tmp_path: Path, clean_wandb_env: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path,
+    clean_wandb_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import wandb
 
@@ -228,13 +233,13 @@ def test_read_metrics_skips_a_partial_last_line(tmp_path: Path) -> None:
     assert read_metrics(tmp_path) == [{"kind": "train", "step": 1, "loss": 2.0}]
 
 
-def test_progress_bar_goes_to_stderr(tmp_path: Path, capsys) -> None:
+def test_progress_bar_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     drive(quiet(progress_bar=True), fake_run(tmp_path, total=5))
     out, err = capsys.readouterr()
     assert out == ""
     assert "5/5" in err and "loss=0.8000" in err
 
 
-def test_no_progress_bar_when_disabled(tmp_path: Path, capsys) -> None:
+def test_no_progress_bar_when_disabled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     drive(quiet(progress_bar=False), fake_run(tmp_path, total=5))
     assert capsys.readouterr() == ("", "")
