@@ -178,9 +178,9 @@ def test_checked_accepts_good_settings() -> None:
 
 def test_an_empty_prompt_is_an_error() -> None:
     cfg, params = small_gpt()
-    with pytest.raises(ConfigError, match="^the prompt is empty$"):
+    with pytest.raises(ConfigError, match=r"^the prompt is empty$"):
         generate("gpt", params, cfg, [], GREEDY)
-    with pytest.raises(ConfigError, match="^the prompt is empty$"):
+    with pytest.raises(ConfigError, match=r"^the prompt is empty$"):
         generate_text("gpt", params, cfg, CharTokenizer.train("ab"), "", GREEDY)
 
 
