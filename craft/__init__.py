@@ -15,6 +15,7 @@ from craft.data.config import DataConfig, TokenizerConfig
 from craft.data.prepare import PreparedData, open_split, prepare
 from craft.data.tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from craft.errors import ConfigError, CraftError, DataError
+from craft.generate import SamplingConfig, generate_text
 from craft.models import gpt, rnn
 from craft.optim import SGD, AdamW, Optimizer, Schedule
 from craft.runs import RunConfig
@@ -33,6 +34,7 @@ __all__ = [
     "Optimizer",
     "PreparedData",
     "RunConfig",
+    "SamplingConfig",
     "Schedule",
     "SentencePieceTokenizer",
     "Tokenizer",
@@ -40,6 +42,7 @@ __all__ = [
     "TrainState",
     "build",
     "configurable",
+    "generate_text",
     "gpt",
     "init_state",
     "load_tokenizer",

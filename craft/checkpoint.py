@@ -1,10 +1,11 @@
 """Checkpoints as safetensors: everything a run needs to continue, and nothing that runs code.
 
 A checkpoint is one file, `step-00001234.safetensors`, holding a whole state tree (the training
-loop stores its `TrainState` as a dict) under dotted names (`params.blocks.0.attn.qkv.w`, `opt_state.mu...`, `step`, `rng`, `loss_scale.scale`) and,
-as JSON in the safetensors metadata, the effective config, the tokenizer file, the val loss and
-library versions. Files are written to a temporary name, fsynced and renamed, so a kill at any
-moment leaves the previous checkpoints intact, and a file with the final name is complete.
+loop stores its `TrainState` as a dict) under dotted names (`params.blocks.0.attn.qkv.w`,
+`opt_state.mu...`, `step`, `rng`, `loss_scale.scale`) and, as JSON in the safetensors metadata,
+the effective config, the tokenizer file, the val loss and library versions. Files are written
+to a temporary name, fsynced and renamed, so a kill at any moment leaves the previous
+checkpoints intact, and a file with the final name is complete.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def load(
     loaded: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
-            names = {name for name in handle.keys() if name.startswith(lead)}
+            keys = handle.keys()
+            names = {name for name in keys if name.startswith(lead)}
             missing = [n for n in expected if n not in names]
             unexpected = sorted(names - set(expected))
             problems = []

@@ -27,6 +27,7 @@ from craft.models import gpt, rnn
 from craft.tree import Params, tree_map
 
 MODELS = ("gpt", "rnn")
+Cache = list[dict[str, torch.Tensor]]
 RNN_CONTEXT = 256
 """The RNN's default window: it has no block size, and recomputes over this many tokens."""
 
@@ -137,10 +138,10 @@ def generate(
     last `context` tokens each step, default 256). `context` for a GPT defaults to, and may not
     exceed, its block_size. A longer prompt keeps its last `context` tokens, with a warning.
     """
-    params = _on(params, device)
     if model == "gpt":
         gpt_cfg = _gpt_config(model_cfg)
         window = _gpt_window(gpt_cfg, prompt_ids, context)
+        params = _on(params, device)
         return _generate_cached(params, gpt_cfg, window, cfg, compile=compile, device=device)
     if model == "rnn":
         if not isinstance(model_cfg, rnn.RNNConfig):
@@ -148,8 +149,9 @@ def generate(
         rnn_cfg = model_cfg
         length = RNN_CONTEXT if context is None else _positive_context(context)
         tokens = _prompt(prompt_ids, length, rnn_cfg.vocab_size, stacklevel=3)
+        rnn_params = _on(params, device)
         return _generate_sliding(
-            lambda x: rnn.apply(params, x, rnn_cfg), tokens, length, cfg, device=device
+            lambda x: rnn.apply(rnn_params, x, rnn_cfg), tokens, length, cfg, device=device
         )
     raise ConfigError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
 
@@ -259,21 +261,28 @@ def _generate_cached(
     dtype = params["tok"]["embedding"].dtype
     cache = gpt.init_cache(cfg, 1, max_len=window.limit, dtype=dtype, device=device)
 
-    def one_token(params: Params, cache: list[dict[str, torch.Tensor]], x: torch.Tensor,
-                  pos: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def one_token(params: Params, cache: Cache, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return gpt.decode_step(params, cache, x, pos, cfg)
+
+    def one_token_eager(
+        params: Params, cache: Cache, x: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
+        # Eagerly, attention may read only the filled slots: shapes need not stay static.
+        return gpt.decode_step(params, cache, x, pos, cfg, filled=len(window.tokens))
 
     # Only the one-token step is compiled: its shapes never change, and `pos` is a tensor, so it
     # compiles once. The prompt prefill (a new length each time) runs eagerly.
-    step = torch.compile(one_token, dynamic=False) if compile else one_token
+    step = torch.compile(one_token, dynamic=False) if compile else one_token_eager
     generator = _generator(sampling, device)
 
     def prefill() -> torch.Tensor:
-        for layer in cache:  # reuse the buffers: fixed addresses; stale entries would be masked
+        # Refill the same buffers, so the compiled step keeps seeing the same tensors. Zeroing
+        # is tidiness only: positions past the window are masked out anyway.
+        for layer in cache:
             layer["k"].zero_()
             layer["v"].zero_()
         x = torch.tensor([window.tokens], dtype=torch.int64, device=device)
-        return _logits(one_token, params, cache, x, _position(0, device))
+        return _logits(one_token_eager, params, cache, x, _position(0, device))
 
     logits = prefill()
     for index in range(sampling.max_new_tokens):

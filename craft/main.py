@@ -17,21 +17,20 @@ import fire
 from pydantic import BaseModel
 
 from craft import config
+from craft.checkpoint import list_checkpoints
+from craft.checkpoint import resolve as resolve_checkpoint
+from craft.config import ModelT
 from craft.data.config import DataConfig, TokenizerConfig
-from craft.data.prepare import PreparedData, default_prepared_dir, prepare
+from craft.data.prepare import PreparedData, default_prepared_dir, open_split, prepare
 from craft.data.sources import SOURCES, resolve_source
 from craft.data.sources.got import fetch_got
 from craft.data.text import read_text
 from craft.data.tokenizers import SentencePieceTokenizer
 from craft.errors import ConfigError, CraftError
-from craft.models.gpt import GPTConfig, param_count
-from craft.checkpoint import list_checkpoints
-from craft.checkpoint import resolve as resolve_checkpoint
-from craft.config import ModelT
-from craft.data.prepare import open_split
 from craft.generate import SamplingConfig, generate_text
 from craft.inference import load_for_inference
 from craft.metrics import MetricsConfig, MetricsLogger, plot_run
+from craft.models.gpt import GPTConfig, param_count
 from craft.runs import RunConfig, create_run_dir, write_effective_config
 from craft.samples import SampleHook
 from craft.train.evaluate import evaluate
@@ -262,7 +261,9 @@ def _resume_from(spec: str, run_cfg: RunConfig) -> Path:
     for checkpoints in reversed(runs):
         if list_checkpoints(checkpoints):
             return resolve_checkpoint("latest", checkpoints)
-    raise ConfigError(f"--resume=latest: no checkpoint under {Path(run_cfg.output_dir) / run_cfg.name}")
+    raise ConfigError(
+        f"--resume=latest: no checkpoint under {Path(run_cfg.output_dir) / run_cfg.name}"
+    )
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -273,7 +274,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary.get("val_loss") is not None:
         lines.append(
             f"val loss {summary['val_loss']:.4f}, perplexity {summary['val_perplexity']:.2f}"
-            + (f", bits/char {summary['val_bits_per_char']:.3f}" if "val_bits_per_char" in summary else "")
+            + (
+                f", bits/char {summary['val_bits_per_char']:.3f}"
+                if "val_bits_per_char" in summary
+                else ""
+            )
         )
     if summary.get("best_val_loss") is not None:
         lines.append(f"best val loss {summary['best_val_loss']:.4f}")

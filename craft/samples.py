@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from craft import tree
 from craft.errors import DataError
 from craft.generate import SamplingConfig, generate_text
 from craft.metrics import MetricsLogger
@@ -37,10 +38,17 @@ class SampleHook(Hook):
             prompt = run.tokenizer.decode([0])
         assert run.read_state is not None
         params = run.read_state().params
+        device = tree.leaves(params)[0].device  # sample where the model trains
         sampling = SamplingConfig(max_new_tokens=settings["sample_tokens"], seed=step)
         with torch.no_grad():
             text = prompt + generate_text(
-                run.model_name, params, run.model_config, run.tokenizer, prompt, sampling
+                run.model_name,
+                params,
+                run.model_config,
+                run.tokenizer,
+                prompt,
+                sampling,
+                device=device,
             )
         with open(run.run_dir / "samples.txt", "a", encoding="utf-8") as handle:
             handle.write(f"=== step {step} ===\n{text}\n\n")

@@ -33,7 +33,9 @@ def same(a: object, b: object) -> bool:
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 1000), step=st.integers(0, 10**7))
-def test_save_load_round_trip(tmp_path_factory: pytest.TempPathFactory, seed: int, step: int) -> None:
+def test_save_load_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, step: int
+) -> None:
     directory = tmp_path_factory.mktemp("ckpt")
     original = state_dict(seed)
     path = checkpoint.save(directory, original, step, {"step": step, "note": "ünïcode"})
@@ -74,8 +76,15 @@ def test_prune_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
         checkpoint.save(tmp_path, state_dict(0), step, {"val_loss": loss})
     removed = checkpoint.prune(tmp_path, keep_last=2)
     kept = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
-    assert kept == ["step-00000200.safetensors", "step-00000400.safetensors", "step-00000500.safetensors"]
-    assert sorted(p.name for p in removed) == ["step-00000100.safetensors", "step-00000300.safetensors"]
+    assert kept == [
+        "step-00000200.safetensors",
+        "step-00000400.safetensors",
+        "step-00000500.safetensors",
+    ]
+    assert sorted(p.name for p in removed) == [
+        "step-00000100.safetensors",
+        "step-00000300.safetensors",
+    ]
 
 
 def test_resolve_latest_and_folders(tmp_path: Path) -> None:
@@ -95,14 +104,17 @@ def test_resolve_latest_and_folders(tmp_path: Path) -> None:
 def test_truncated_file_is_named(tmp_path: Path) -> None:
     path = checkpoint.save(tmp_path, state_dict(0), 1, {})
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"step-00000001.safetensors is not a readable checkpoint \(truncated or corrupted"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"step-00000001.safetensors is not a readable checkpoint \(truncated or corrupted",
+    ):
         checkpoint.load(path, like=state_dict(0))
 
 
 def test_garbage_and_foreign_files_are_named(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
-    with pytest.raises(CheckpointError, match="garbage.safetensors is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"garbage\.safetensors is not a readable checkpoint"):
         checkpoint.read_meta(garbage)
     foreign = tmp_path / "foreign.safetensors"
     save_file({"x": torch.zeros(2)}, str(foreign))
@@ -117,7 +129,9 @@ def test_missing_tensor_and_wrong_shape_are_named(tmp_path: Path) -> None:
         checkpoint.load(path, like=state_dict(0, wider))
     message = str(error.value)
     assert "does not fit the configured model" in message
-    assert "params.tok.embedding: file has F32 [20, 8], the config expects float32 [20, 16]" in message
+    assert (
+        "params.tok.embedding: file has F32 [20, 8], the config expects float32 [20, 16]" in message
+    )
     untied = CFG.model_copy(update={"tie_embeddings": False})
     with pytest.raises(CheckpointError, match=r"missing tensors: params.head.w"):
         checkpoint.load(path, like=state_dict(0, untied))
@@ -127,7 +141,9 @@ def test_wrong_dtype_is_named(tmp_path: Path) -> None:
     original = state_dict(0)
     path = checkpoint.save(tmp_path, original, 1, {})
     like = {**original, "step": torch.zeros((), dtype=torch.int32)}
-    with pytest.raises(CheckpointError, match=r"step: file has I64 \[\], the config expects int32 \[\]"):
+    with pytest.raises(
+        CheckpointError, match=r"step: file has I64 \[\], the config expects int32 \[\]"
+    ):
         checkpoint.load(path, like=like)
 
 

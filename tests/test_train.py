@@ -72,7 +72,8 @@ def test_resume_is_bit_exact(tmp_path: Path, text_file: Path) -> None:
         from safetensors.torch import load_file
 
         return [
-            v for k, v in load_file(tmp_path / run / "checkpoints/step-00000012.safetensors").items()
+            v
+            for k, v in load_file(tmp_path / run / "checkpoints/step-00000012.safetensors").items()
             if k.startswith(("params.", "opt_state.", "rng", "step", "loss_scale"))
         ]
 
@@ -82,15 +83,16 @@ def test_resume_is_bit_exact(tmp_path: Path, text_file: Path) -> None:
     def rows(run: str) -> list[dict]:
         keep = ("kind", "step", "loss", "lr", "grad_norm", "val_loss")
         return [
-            {k: r[k] for k in keep if k in r}
-            for r in read_metrics(tmp_path / run) if r["step"] > 8
+            {k: r[k] for k in keep if k in r} for r in read_metrics(tmp_path / run) if r["step"] > 8
         ]
 
     assert rows("straight") == rows("resumed")
     assert straight["val_loss"] == resumed["val_loss"]
 
 
-def test_cli_train_resume_evaluate_generate_plot(run_cli: CliRunner, tmp_path: Path, text_file: Path) -> None:
+def test_cli_train_resume_evaluate_generate_plot(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
     (tmp_path / "tiny.gin").write_text(
         TINY.format(source=text_file, steps=8)
         + "TrainConfig.sample_every = 4\nTrainConfig.sample_prompt = 'SPEAKER_1:'\n"
@@ -124,13 +126,24 @@ def test_cli_train_resume_evaluate_generate_plot(run_cli: CliRunner, tmp_path: P
         "--temperature=0",
     )  # fmt: skip
     assert generated.returncode == 0, generated.stderr
-    assert generated.stdout.startswith("SPEAKER_2:") and len(generated.stdout) >= len("SPEAKER_2:") + 30
-    again = run_cli("generate", f"--checkpoint={run_dir}", "--prompt=SPEAKER_2:", "--max_new_tokens=30", "--temperature=0")
+    assert (
+        generated.stdout.startswith("SPEAKER_2:")
+        and len(generated.stdout) >= len("SPEAKER_2:") + 30
+    )
+    again = run_cli(
+        "generate",
+        f"--checkpoint={run_dir}",
+        "--prompt=SPEAKER_2:",
+        "--max_new_tokens=30",
+        "--temperature=0",
+    )
     assert again.stdout == generated.stdout  # greedy is deterministic
 
     (run_dir / "loss.png").unlink()
     plotted = run_cli("plot", f"--run={run_dir}")
-    assert plotted.returncode == 0 and (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        plotted.returncode == 0 and (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +156,9 @@ def test_cli_train_resume_evaluate_generate_plot(run_cli: CliRunner, tmp_path: P
         (["--prompt=Zebra"], "the char vocabulary lacks these characters: 'Z' (U+005A)"),
     ],
 )
-def test_generate_errors(run_cli: CliRunner, tmp_path: Path, text_file: Path, flags: list[str], message: str) -> None:
+def test_generate_errors(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path, flags: list[str], message: str
+) -> None:
     run_in_process(tmp_path / "run", text_file, steps=4)
     result = run_cli("generate", f"--checkpoint={tmp_path / 'run'}", *flags)
     assert result.returncode in (1, 2)
@@ -151,7 +166,9 @@ def test_generate_errors(run_cli: CliRunner, tmp_path: Path, text_file: Path, fl
     assert result.stdout == ""
 
 
-def test_generate_without_tokenizer_says_so(run_cli: CliRunner, tmp_path: Path, text_file: Path) -> None:
+def test_generate_without_tokenizer_says_so(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
     run_in_process(tmp_path / "run", text_file, steps=4)
     (tmp_path / "run/checkpoints/tokenizer.json").unlink()
     result = run_cli("generate", f"--checkpoint={tmp_path / 'run'}")
@@ -159,7 +176,9 @@ def test_generate_without_tokenizer_says_so(run_cli: CliRunner, tmp_path: Path, 
     assert "has no tokenizer beside it" in result.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits(run_cli: CliRunner, tmp_path: Path, text_file: Path) -> None:
+def test_ctrl_c_saves_a_checkpoint_and_exits(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
     (tmp_path / "tiny.gin").write_text(
         TINY.format(source=text_file, steps=12)
         + "TrainConfig.hooks = ['tests.hooks_for_tests.InterruptAtStep3']\n"
@@ -172,7 +191,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(run_cli: CliRunner, tmp_path: Path,
     assert (run_dir / "checkpoints/step-00000003.safetensors").is_file()
 
 
-def test_non_finite_loss_stops_and_names_the_step(run_cli: CliRunner, tmp_path: Path, text_file: Path) -> None:
+def test_non_finite_loss_stops_and_names_the_step(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
     (tmp_path / "tiny.gin").write_text(
         TINY.format(source=text_file, steps=12)
         + "TrainConfig.checkpoint_every = 1\nTrainConfig.clip_norm = None\n"
@@ -188,7 +209,9 @@ def test_non_finite_loss_stops_and_names_the_step(run_cli: CliRunner, tmp_path: 
     assert kept[-1] == f"step-{step - 1:08d}.safetensors"
 
 
-def test_vocab_mismatch_and_context_errors(run_cli: CliRunner, tmp_path: Path, text_file: Path) -> None:
+def test_vocab_mismatch_and_context_errors(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
     (tmp_path / "tiny.gin").write_text(TINY.format(source=text_file, steps=4))
     wrong_vocab = run_cli("--gin_file=tiny.gin", "--gin.GPTConfig.vocab_size=7")
     assert wrong_vocab.returncode == 2
@@ -206,5 +229,9 @@ def test_state_tree_names_are_stable() -> None:
 
     cfg = gpt.GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)
     names = list(tree.to_dotted(init_state(gpt.init(cfg, seed=0), AdamW())._asdict()))
-    assert names[:3] == ["params.tok.embedding", "params.pos.embedding", "params.blocks.0.ln1.scale"]
+    assert names[:3] == [
+        "params.tok.embedding",
+        "params.pos.embedding",
+        "params.blocks.0.ln1.scale",
+    ]
     assert names[-4:] == ["step", "rng", "loss_scale.scale", "loss_scale.good_steps"]

@@ -30,6 +30,7 @@ from craft.nn import (
     init_rms_norm,
     layer_norm,
     mlp,
+    next_token_loss,
     rms_norm,
     rotary_tables,
 )
@@ -143,12 +144,7 @@ def loss(
     rng: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean next-token cross-entropy over targets >= 0; aux holds the token count."""
-    logits = apply(params, batch["inputs"], cfg, rng=rng)
-    targets = batch["targets"]
-    value = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1
-    )
-    return value, {"tokens": (targets >= 0).sum()}
+    return next_token_loss(apply(params, batch["inputs"], cfg, rng=rng), batch["targets"])
 
 
 def init_cache(
@@ -176,11 +172,14 @@ def decode_step(
     tokens: torch.Tensor,
     pos: torch.Tensor,
     cfg: GPTConfig,
+    *,
+    filled: int | None = None,
 ) -> torch.Tensor:
     """Logits for `tokens` `[B, t]` placed at positions `pos .. pos+t-1` (`pos`: 0-d int64).
 
     The cache is consumed: it is updated in place with the new keys and values, so a caller
-    keeps one copy of it. Use it for the prompt (t > 1) and then one token at a time.
+    keeps one copy of it. Use it for the prompt (t > 1) and then one token at a time. An eager
+    caller passes `filled` = pos + t so attention reads only the filled part of the cache.
     """
     length = tokens.shape[1]
     positions = pos + torch.arange(length, device=tokens.device)
@@ -190,7 +189,9 @@ def decode_step(
     rotary = _rotary(cfg, cache[0]["k"].shape[2], tokens.device)
     for block, layer_cache in zip(params["blocks"], cache, strict=True):
         h = _norm(cfg, block["ln1"], x)
-        x = x + cached_self_attention(block["attn"], h, cfg.n_head, layer_cache, pos, rotary=rotary)
+        x = x + cached_self_attention(
+            block["attn"], h, cfg.n_head, layer_cache, pos, rotary=rotary, filled=filled
+        )
         x = x + mlp(block["mlp"], _norm(cfg, block["ln2"], x))
     return _logits(params, x, cfg)
 

@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from craft.config import configurable
-from craft.nn import dropout, embedding, fold_in, init_embedding, init_linear, linear
+from craft.nn import (
+    dropout,
+    embedding,
+    fold_in,
+    init_embedding,
+    init_linear,
+    linear,
+    next_token_loss,
+)
 from craft.tree import Params
 
 Cell = Literal["elman", "gru", "lstm"]
@@ -100,12 +108,7 @@ def loss(
     rng: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean next-token cross-entropy over targets >= 0; aux holds the token count."""
-    logits = apply(params, batch["inputs"], cfg, rng=rng)
-    targets = batch["targets"]
-    value = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1
-    )
-    return value, {"tokens": (targets >= 0).sum()}
+    return next_token_loss(apply(params, batch["inputs"], cfg, rng=rng), batch["targets"])
 
 
 def _layer(layer: Params, x: torch.Tensor, cell: Cell) -> torch.Tensor:

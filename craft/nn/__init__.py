@@ -18,6 +18,7 @@ from craft.nn.layers import (
     layer_norm,
     linear,
     mlp,
+    next_token_loss,
     rms_norm,
 )
 from craft.nn.random import fold_in, key, uniform
@@ -39,6 +40,7 @@ __all__ = [
     "layer_norm",
     "linear",
     "mlp",
+    "next_token_loss",
     "rms_norm",
     "rotary_tables",
     "uniform",

@@ -64,11 +64,14 @@ def cached_self_attention(
     pos: torch.Tensor,
     *,
     rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    filled: int | None = None,
 ) -> torch.Tensor:
     """Attention for new tokens `x` (`[B, t, D]`) at positions `pos .. pos+t-1`.
 
     Their keys and values are written into `cache` (`k`, `v`: `[B, H, max_len, Dh]`) in place;
-    queries see every cached position up to their own. Shapes stay static, so it compiles once.
+    queries see every cached position up to their own. With `filled` (= pos + t, known to an
+    eager caller) only the filled slots are read; without it the shapes stay static, so a
+    compiled caller compiles once.
     """
     batch, length, dim = x.shape
     q, k, v = _heads(linear(params["qkv"], x), n_head)
@@ -78,11 +81,11 @@ def cached_self_attention(
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     cache["k"].index_copy_(2, positions, k.to(cache["k"].dtype))
     cache["v"].index_copy_(2, positions, v.to(cache["v"].dtype))
-    max_len = cache["k"].shape[2]
-    visible = torch.arange(max_len, device=x.device)[None, :] <= positions[:, None]
-    y = F.scaled_dot_product_attention(
-        q, cache["k"].to(q.dtype), cache["v"].to(q.dtype), attn_mask=visible
-    )
+    keys, values = cache["k"], cache["v"]
+    if filled is not None:
+        keys, values = keys[:, :, :filled], values[:, :, :filled]
+    visible = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]
+    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible)
     return linear(params["proj"], y.transpose(1, 2).reshape(batch, length, dim))
 
 

@@ -78,3 +78,13 @@ def dropout(x: torch.Tensor, rate: float, key: torch.Tensor | None) -> torch.Ten
         raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
     keep = uniform(key, x.shape) >= rate
     return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def next_token_loss(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean cross-entropy over targets >= 0 (-1 marks padding); aux holds the token count."""
+    value = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1
+    )
+    return value, {"tokens": (targets >= 0).sum()}

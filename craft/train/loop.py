@@ -33,6 +33,7 @@ from craft.train.hooks import Hook, RunInfo
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
 
+
 class TrainingError(CraftError):
     """The run cannot go on (a non-finite loss, a checkpoint that does not fit)."""
 
