@@ -39,7 +39,10 @@ class MetricsConfig(BaseModel):
     """W&B mode; None: the WANDB_MODE environment variable when set, else "offline"."""
     wandb_project: str = "craft"
     log_every: int = Field(1, gt=0)
-    """Steps between metrics.jsonl rows and W&B logs (the last step is always logged)."""
+    """Steps between metrics.jsonl rows (the last step is always logged)."""
+    wandb_every: int = Field(10, gt=0)
+    """Steps between W&B logs, on top of log_every. W&B's background process competes for the
+    CPU: logging every step slowed a 1M-parameter CPU run by 15 % on 2 cores."""
     progress_bar: bool = True
     """Show a tqdm progress bar on stderr."""
 
@@ -79,7 +82,8 @@ class MetricsLogger(Hook):
             )
 
     def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
-        """Every `log_every` steps (and at the last step): one train row, W&B log, bar update."""
+        """Every `log_every` steps (and at the last step) one train row; every `wandb_every` of
+        those a W&B log; the bar every step."""
         if self._bar is not None:
             # Postfix first: update() redraws (at most every 0.1 s) and shows both.
             self._bar.set_postfix(_postfix(step, metrics), refresh=False)
@@ -94,7 +98,8 @@ class MetricsLogger(Hook):
         if memory_mb is not None:
             row["memory_mb"] = memory_mb
         self._write(row)
-        self._wandb_log({k: v for k, v in row.items() if k not in ("kind", "step")}, step)
+        if step % self.cfg.wandb_every == 0 or step == run.total_steps:
+            self._wandb_log({k: v for k, v in row.items() if k not in ("kind", "step")}, step)
 
     def on_eval(self, run: RunInfo, step: int, results: dict[str, float]) -> None:
         """One eval row and a W&B log of the results."""
