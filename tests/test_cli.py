@@ -11,6 +11,13 @@ import pytest
 from tests.conftest import REPO, CliRunner
 
 TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}.\n" for i in range(300))
+# The main job trains: these keep it to a few eager steps of a tiny model.
+QUICK = (
+    "--gin.TrainConfig.steps=2", "--gin.TrainConfig.compile=False",
+    "--gin.TrainConfig.sample_tokens=5", "--gin.MetricsConfig.wandb=disabled",
+    "--gin.GPTConfig.n_layer=1", "--gin.GPTConfig.n_embd=16", "--gin.GPTConfig.n_head=2",
+    "--gin.Schedule.warmup_steps=1", "--gin.Schedule.total_steps=2",
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -173,7 +180,7 @@ def test_main_job_on_a_text_file_writes_the_run_folder(
         "DataConfig.block_size = 8\n"
         "TokenizerConfig.vocab_size = 290\n"
     )
-    result = run_cli("--gin_file=tiny.gin", "--gin.RunConfig.seed=3")
+    result = run_cli("--gin_file=tiny.gin", "--gin.RunConfig.seed=3", *QUICK)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data/prepared/tiny-bpe290/meta.json").is_file()
     [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
@@ -193,7 +200,7 @@ def test_fetch_got_then_main_job(run_cli: CliRunner, tmp_path: Path, got_data_di
     fetched = run_cli("fetch", "got")
     assert fetched.returncode == 0, fetched.stderr
     assert "10 episodes, cached" in fetched.stdout
-    result = run_cli(f"--gin_file={REPO / 'gin/got_char.gin'}")
+    result = run_cli(f"--gin_file={REPO / 'gin/got_char.gin'}", *QUICK)
     assert result.returncode == 0, result.stderr
     assert "data/prepared/got-char: prepared; char tokenizer" in result.stdout
     meta = json.loads((tmp_path / "data/prepared/got-char/meta.json").read_text())
