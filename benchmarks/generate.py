@@ -6,7 +6,7 @@ reports). Contenders: the cached decode loop, eager and with its one-token step 
 greedy, a short random prompt; all in one process, timed in alternating rounds (median), so
 machine noise hits every implementation alike. Compilation happens in the warm-up call.
 
-Run: .venv/bin/python benchmarks/generate.py [--device=cpu|cuda] [--config=1m-char|gpt2]
+Run: .venv/bin/python benchmarks/generate.py [--device=cpu|cuda] [--config=1m-char|10m-char|gpt2]
 Prints JSON lines and a table: ms/token, tokens/s and the speedup over recomputation.
 """
 
@@ -34,6 +34,7 @@ from craft.models import gpt  # noqa: E402
 CONFIGS: dict[str, dict[str, int]] = {
     # The ChatGOT 1M char model's shape; block_size 512 so that prompt + 256 new tokens fit.
     "1m-char": {"n_layer": 4, "n_head": 4, "n_embd": 128, "vocab_size": 76, "block_size": 512},
+    "10m-char": {"n_layer": 6, "n_head": 6, "n_embd": 384, "vocab_size": 76, "block_size": 512},
     # GPT-2 small (124M), vocab padded to a multiple of 64; bf16 params on CUDA.
     "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50304, "block_size": 1024},
 }

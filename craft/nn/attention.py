@@ -82,10 +82,20 @@ def cached_self_attention(
     cache["k"].index_copy_(2, positions, k.to(cache["k"].dtype))
     cache["v"].index_copy_(2, positions, v.to(cache["v"].dtype))
     keys, values = cache["k"], cache["v"]
-    if filled is not None:
-        keys, values = keys[:, :, :filled], values[:, :, :filled]
-    visible = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]
-    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible)
+    if filled is None:  # static shapes: mask the slots past each query's position
+        visible = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]
+        y = F.scaled_dot_product_attention(
+            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible
+        )
+    else:
+        # Only the filled slots: one new token sees them all, and a prompt that fills the
+        # cache from 0 (filled == t) is plain causal attention. Neither needs a mask.
+        keys, values = keys[:, :, :filled].to(q.dtype), values[:, :, :filled].to(q.dtype)
+        if length not in (1, filled):
+            visible = torch.arange(filled, device=x.device)[None, :] <= positions[:, None]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=length > 1)
     return linear(params["proj"], y.transpose(1, 2).reshape(batch, length, dim))
 
 
