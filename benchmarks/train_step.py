@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.baseline_gpt import BaselineGPT, load_craft_params  # noqa: E402
 from craft import tree  # noqa: E402
+from craft.devices import peak_flops  # noqa: E402
 from craft.models import gpt  # noqa: E402
 from craft.optim import AdamW, Schedule, decay_mask  # noqa: E402
 from craft.train import init_state, make_train_step, to_device  # noqa: E402
@@ -48,18 +49,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "gpu-124m-b32": (12, 12, 768, 50304, 32, 1024, "bf16", "cuda"),
     }.items()
 }
-
-PEAK_FLOPS = {  # dense bf16 tensor-core peaks by device name; none known for CPUs
-    "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12,
-    "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12, "RTX 4090": 165e12,
-}  # fmt: skip
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
 
 
 def model_config(spec: dict[str, Any], remat: bool) -> gpt.GPTConfig:

@@ -112,14 +112,15 @@ class Commands:
         )  # fmt: skip
         if num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+        prompt = str(prompt)  # fire reads --prompt=42 as a number
         loaded = load_for_inference(resolve_checkpoint(checkpoint))
-        loaded.tokenizer.encode(str(prompt))  # a prompt the vocabulary lacks fails before output
+        loaded.tokenizer.encode(prompt)  # a prompt the vocabulary lacks fails before any output
         for index in range(num_samples):
             if num_samples > 1:
                 print(f"--- sample {index + 1} ---")
             sys.stdout.write(prompt)
             generate_text(
-                loaded.model_name, loaded.params, loaded.model_cfg, loaded.tokenizer, str(prompt),
+                loaded.model_name, loaded.params, loaded.model_cfg, loaded.tokenizer, prompt,
                 sampling.model_copy(update={"seed": seed + index}), stream=sys.stdout,
                 compile=compile,
             )  # fmt: skip

@@ -24,6 +24,7 @@ from craft import checkpoint, tree
 from craft.data.datasets import train_batch
 from craft.data.prepare import PreparedData
 from craft.data.tokenizers import load_tokenizer
+from craft.devices import peak_flops
 from craft.errors import ConfigError, CraftError
 from craft.models import CONFIGS, MODELS, gpt
 from craft.optim import SGD, AdamW, Optimizer, Schedule
@@ -131,6 +132,7 @@ def fit(
         tokenizer=tokenizer,
         read_state=lambda: holder["state"],
         flops_per_token=_flops_per_token(setup),
+        peak_flops=peak_flops(device),
     )
     checkpointer = Checkpointer(setup, train.checkpoint_every, train.keep_checkpoints)
     all_hooks = [checkpointer, *hooks, *(_load_hook(path) for path in train.hooks)]
