@@ -39,6 +39,7 @@ def make_train_step(
     clip_norm: float | None = None,
     compile: bool = True,
     growth_interval: int = GROWTH_INTERVAL,
+    grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> StepFn:
     """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"tokens": n, ...})`.
 
@@ -49,6 +50,10 @@ def make_train_step(
       mean over all their tokens, exactly as for one big batch.
     - clip_norm: clip the global gradient norm; metrics report the norm before clipping.
     - compile: torch.compile the forward and the update (False to debug eagerly).
+    - grad_sync: data parallel; sums tensors across processes in place (e.g.
+      `craft.distributed.all_reduce_sum`). Called once per step, after the last micro-batch,
+      on the gradients and on the loss and token sums, so every rank normalises by the global
+      token count and applies the same update.
 
     The state given to `step` is consumed: params and optimizer state are updated in place.
     """
@@ -116,7 +121,10 @@ def make_train_step(
             loss_sum = micro_loss if index == 0 else loss_sum + micro_loss
             tokens = micro_tokens if index == 0 else tokens + micro_tokens
         params = tree.leaves(state.params)
-        grads = tree.unflatten(tree.flatten(state.params)[1], [_grad(p) for p in params])
+        grad_list = [_grad(p) for p in params]
+        if grad_sync is not None:
+            grad_sync([*grad_list, loss_sum, tokens])
+        grads = tree.unflatten(tree.flatten(state.params)[1], grad_list)
         for p in params:
             p.grad = None
         with torch.no_grad():

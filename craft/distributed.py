@@ -1,0 +1,109 @@
+"""Data parallel over PyTorch's own engine (torch.distributed, launched by torchrun).
+
+Each rank takes its slice of every global batch; after the last micro-batch the gradients (and
+the token and loss sums) are summed across ranks through flat buckets, so the step normalises by
+the global token count and every rank applies the same update.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from craft.errors import ConfigError
+
+BUCKET_BYTES = 25 * 2**20  # per all-reduce: few large collectives beat many small ones
+
+
+@dataclass(frozen=True)
+class World:
+    """Which process this is among how many (torchrun's RANK, WORLD_SIZE, LOCAL_RANK)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 logs and writes checkpoints."""
+        return self.rank == 0
+
+
+def world_from_env(env: Mapping[str, str] | None = None) -> World:
+    """The world torchrun describes in the environment; one process when it describes none."""
+    env = os.environ if env is None else env
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    given = {name: env[name] for name in names if name in env}
+    if not given:
+        return World()
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise ConfigError(
+            f"incomplete torchrun environment: {', '.join(given)} set but not "
+            f"{', '.join(missing)}; launch with torchrun --nproc_per_node=N -m craft.main ..."
+        )
+    try:
+        rank, size, local = (int(given[name]) for name in names)
+    except ValueError:
+        raise ConfigError(
+            f"RANK, WORLD_SIZE and LOCAL_RANK must be integers, got {given}"
+        ) from None
+    if size < 1 or not 0 <= rank < size or local < 0:
+        raise ConfigError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={size}")
+    return World(rank=rank, size=size, local_rank=local)
+
+
+def init(world: World, *, timeout_s: float = 300.0) -> None:
+    """Join the process group (NCCL with CUDA, else gloo). A rank that dies or hangs makes the
+    others' collectives fail after `timeout_s` instead of waiting forever."""
+    if world.size == 1 or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(
+        backend, rank=world.rank, world_size=world.size, timeout=dt.timedelta(seconds=timeout_s)
+    )
+
+
+def all_reduce_sum(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> None:
+    """Sum each tensor across ranks, in place, through flat buckets (one per dtype and size)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for group in by_dtype.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for tensor in group:
+            bucket.append(tensor)
+            size += tensor.numel() * tensor.element_size()
+            if size >= bucket_bytes:
+                _reduce_bucket(bucket)
+                bucket, size = [], 0
+        if bucket:
+            _reduce_bucket(bucket)
+
+
+def shard(batch: Mapping[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """This rank's contiguous slice of a global batch (dim 0)."""
+    size = next(iter(batch.values())).shape[0]
+    if size % world.size:
+        raise ConfigError(f"global batch {size} does not split evenly over {world.size} ranks")
+    part = size // world.size
+    return {
+        name: value[world.rank * part : (world.rank + 1) * part] for name, value in batch.items()
+    }
+
+
+def _reduce_bucket(bucket: list[torch.Tensor]) -> None:
+    flat = torch.cat([t.reshape(-1) for t in bucket])
+    dist.all_reduce(flat)
+    offset = 0
+    for tensor in bucket:
+        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
