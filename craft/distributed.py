@@ -69,6 +69,12 @@ def init(world: World, *, timeout_s: float = 300.0) -> None:
     )
 
 
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def all_reduce_sum(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> None:
     """Sum each tensor across ranks, in place, through flat buckets (one per dtype and size)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

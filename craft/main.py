@@ -26,6 +26,8 @@ from craft.data.sources import SOURCES, resolve_source
 from craft.data.sources.got import fetch_got
 from craft.data.text import read_text
 from craft.data.tokenizers import SentencePieceTokenizer
+from craft.distributed import barrier, world_from_env
+from craft.distributed import init as init_distributed
 from craft.errors import ConfigError, CraftError
 from craft.generate import SamplingConfig, generate_text
 from craft.inference import load_for_inference
@@ -33,7 +35,9 @@ from craft.metrics import MetricsConfig, MetricsLogger, plot_run
 from craft.models.gpt import GPTConfig, param_count
 from craft.runs import RunConfig, create_run_dir, write_effective_config
 from craft.samples import SampleHook
+from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
+from craft.train.hooks import Hook
 from craft.train.loop import fit, make_setup
 
 
@@ -60,19 +64,29 @@ class Commands:
         run_cfg, data_cfg, tok_cfg = (
             _get(configs, RunConfig), _get(configs, DataConfig), _get(configs, TokenizerConfig)
         )  # fmt: skip
+        world = world_from_env()
         checkpoint_path = _resume_from(resume, run_cfg) if resume else None
-        prepared = _prepare(data_cfg, tok_cfg)
-        _report(prepared)
+        init_distributed(world, timeout_s=_get(configs, TrainConfig).dist_timeout_s)
+        # Rank 0 fetches and prepares the data; the others then find it cached.
+        prepared = _prepare(data_cfg, tok_cfg) if world.main else None
+        barrier()
+        prepared = prepared or _prepare(data_cfg, tok_cfg)
         setup = make_setup(configs, prepared, seed=run_cfg.seed)
         if checkpoint_path is not None:
             run_dir = checkpoint_path.parent.parent
-        else:
+        elif world.main:
             run_dir = create_run_dir(run_cfg)
-        write_effective_config(run_dir, configs.values())
-        metrics = MetricsLogger(_get(configs, MetricsConfig))
-        hooks = [SampleHook(metrics), metrics]  # samples reach W&B before it closes
-        summary = fit(setup, run_dir, hooks=hooks, resume=checkpoint_path)
-        _print_summary(summary)
+        else:  # other ranks write nothing: a name for messages only
+            run_dir = Path(run_cfg.output_dir) / run_cfg.name / f"rank-{world.rank}"
+        hooks: list[Hook] = []
+        if world.main:
+            _report(prepared)
+            write_effective_config(run_dir, configs.values())
+            metrics = MetricsLogger(_get(configs, MetricsConfig))
+            hooks = [SampleHook(metrics), metrics]  # samples reach W&B before it closes
+        summary = fit(setup, run_dir, hooks=hooks, resume=checkpoint_path, world=world)
+        if world.main:
+            _print_summary(summary)
         if summary["status"] == "interrupted":
             self.exit_code = 130  # like a shell's Ctrl-C, after a clean save
 

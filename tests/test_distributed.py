@@ -71,3 +71,47 @@ def test_a_dying_rank_fails_the_run_within_the_timeout(tmp_path: Path) -> None:
     assert time.monotonic() - start < 120  # the process group timeout is 20 s
     assert "exitcode  : 17" in result.stderr or "exit code 17" in result.stderr.lower()
     assert not (tmp_path / "rank0.safetensors").exists()  # rank 0 did not finish silently
+
+
+def test_cli_under_torchrun_resumes_on_one_process_with_the_same_result(tmp_path: Path) -> None:
+    """2 ranks for 8 steps, then 1 process to 12 == 1 process for 12 steps (same global batch).
+
+    SGD and no dropout: dropout masks follow each rank's slice of the batch, and Adam's first
+    steps turn rounding differences of near-zero gradients into full-size updates.
+    """
+    text = tmp_path / "tiny.txt"
+    text.write_text(
+        "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(400))
+    )
+    (tmp_path / "tiny.gin").write_text(
+        f"RunConfig.name = 'tiny'\nDataConfig.source = '{text}'\nDataConfig.block_size = 16\n"
+        "GPTConfig.block_size = 16\nGPTConfig.n_layer = 1\nGPTConfig.n_head = 2\n"
+        "GPTConfig.n_embd = 16\nTrainConfig.steps = 8\nTrainConfig.batch_size = 4\n"
+        "TrainConfig.optimizer = 'sgd'\nTrainConfig.eval_every = 0\nTrainConfig.sample_every = 0\n"
+        "TrainConfig.compile = False\nMetricsConfig.wandb = 'disabled'\n"
+        "MetricsConfig.progress_bar = False\nSchedule.kind = 'constant'\nSchedule.peak_lr = 0.1\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def craft(*args: str, ranks: int = 1) -> subprocess.CompletedProcess[str]:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+        command = [sys.executable, *(launcher if ranks > 1 else []), "-m", "craft.main", *args]
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+
+    two = craft("--gin_file=tiny.gin", ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    [split_run] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
+    resumed = craft("--gin_file=tiny.gin", "--gin.TrainConfig.steps=12", f"--resume={split_run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = craft("--gin_file=tiny.gin", "--gin.TrainConfig.steps=12")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    [straight_run] = [
+        p for p in (tmp_path / "outputs/experiments/tiny").glob("*/*") if p != split_run
+    ]
+    a = load_file(split_run / "checkpoints/step-00000012.safetensors")
+    b = load_file(straight_run / "checkpoints/step-00000012.safetensors")
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0.0)

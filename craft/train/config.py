@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     sample_tokens: int = Field(200, gt=0)
     sample_prompt: str | None = None
     """Prompt for samples; None: the first tokens of the val split."""
+    dist_timeout_s: float = Field(300.0, gt=0)
+    """Under torchrun: how long a rank waits for the others before failing (a dead or hung
+    rank then stops the run with an error instead of a silent hang)."""
     hooks: list[str] = []
     """Extra hooks, as import paths of Hook classes: ['my_package.hooks.MyHook']."""
 

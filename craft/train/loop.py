@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from craft import checkpoint, tree
+from craft import checkpoint, distributed, tree
 from craft.data.datasets import train_batch
 from craft.data.prepare import PreparedData
 from craft.data.tokenizers import load_tokenizer
@@ -94,10 +94,21 @@ def fit(
     *,
     hooks: list[Hook] | tuple[Hook, ...] = (),
     resume: str | Path | None = None,
+    world: distributed.World | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, checkpoint and call the hooks; returns the run's summary."""
+    """Train, evaluate, checkpoint and call the hooks; returns the run's summary.
+
+    Under torchrun (`world` of several ranks) every rank trains on its slice of each global
+    batch and applies the same summed update; only rank 0 writes files and calls hooks.
+    """
     train = setup.train
-    device = _device(train.device)
+    world = world or distributed.World()
+    if train.batch_size % (world.size * train.accum_steps):
+        raise ConfigError(
+            f"TrainConfig.batch_size = {train.batch_size} must split into {world.size} ranks x "
+            f"{train.accum_steps} micro-batches"
+        )
+    device = _device(train.device, world.local_rank)
     if train.threads:
         torch.set_num_threads(train.threads)
     module = MODELS[setup.model_name]
@@ -110,12 +121,14 @@ def fit(
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
     start = int(state.step)
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(setup.data.tokenizer_path, checkpoints / setup.data.tokenizer_path.name)
+    if world.main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(setup.data.tokenizer_path, checkpoints / setup.data.tokenizer_path.name)
 
     step_fn = make_train_step(
         loss_fn, setup.optimizer, setup.schedule, precision=train.precision,
         accum_steps=train.accum_steps, clip_norm=train.clip_norm, compile=train.compile,
+        grad_sync=distributed.all_reduce_sum if world.size > 1 else None,
     )  # fmt: skip
     train_tokens, val_tokens = setup.data.split("train"), setup.data.split("val")
     tokenizer = load_tokenizer(setup.data.tokenizer_path)
@@ -135,7 +148,8 @@ def fit(
         peak_flops=peak_flops(device),
     )
     checkpointer = Checkpointer(setup, train.checkpoint_every, train.keep_checkpoints)
-    all_hooks = [checkpointer, *hooks, *(_load_hook(path) for path in train.hooks)]
+    user_hooks = [_load_hook(path) for path in train.hooks]
+    all_hooks = [checkpointer, *hooks, *user_hooks] if world.main else []
     checkpointer.listeners = all_hooks
 
     def run_eval(step: int, whole: bool) -> dict[str, float]:
@@ -157,9 +171,12 @@ def fit(
     try:
         while step < train.steps:
             tick = time.perf_counter()
-            batch = train_batch(
-                train_tokens, block_size=setup.block_size, batch_size=train.batch_size,
-                seed=setup.seed, step=step,
+            batch = distributed.shard(
+                train_batch(
+                    train_tokens, block_size=setup.block_size, batch_size=train.batch_size,
+                    seed=setup.seed, step=step,
+                ),
+                world,
             )  # fmt: skip
             batch = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
             holder["state"], tensors = step_fn(holder["state"], batch)
@@ -185,11 +202,11 @@ def fit(
             for hook in all_hooks:
                 hook.on_step_end(run, step, metrics)
         summary["status"] = "finished"
-        if checkpointer.last_saved != step:
+        if world.main and checkpointer.last_saved != step:
             checkpointer.save(run, step)
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
-        if step > start and checkpointer.last_saved != step:
+        if world.main and step > start and checkpointer.last_saved != step:
             checkpointer.save(run, step)
     except TrainingError:
         summary["status"] = "failed"
@@ -270,12 +287,12 @@ def _load_hook(path: str) -> Hook:
     return hook
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(name: str, local_rank: int) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("TrainConfig.device = 'cuda', but no CUDA device is available")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)  # one GPU per torchrun process
 
 
 def _flops_per_token(setup: Setup) -> float | None:
