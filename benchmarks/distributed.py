@@ -41,9 +41,10 @@ def worker(steps: int) -> None:
     )
     optimizer = AdamW()
     state = to_device(init_state(gpt.init(CFG, seed=0), optimizer), device)
+    sync = distributed.all_reduce_sum if world.size > 1 else None
     step = make_train_step(
         functools.partial(gpt.loss, cfg=CFG), optimizer, Schedule(kind="constant", peak_lr=1e-3),
-        clip_norm=1.0, compile=True, grad_sync=distributed.all_reduce_sum if world.size > 1 else None,
+        clip_norm=1.0, compile=True, grad_sync=sync,
     )  # fmt: skip
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 76, (GLOBAL_BATCH, CFG.block_size + 1), generator=g)
