@@ -73,8 +73,9 @@ def test_a_dying_rank_fails_the_run_within_the_timeout(tmp_path: Path) -> None:
     assert not (tmp_path / "rank0.safetensors").exists()  # rank 0 did not finish silently
 
 
-def test_cli_under_torchrun_resumes_on_one_process_with_the_same_result(tmp_path: Path) -> None:
-    """2 ranks for 8 steps, then 1 process to 12 == 1 process for 12 steps (same global batch).
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
+def test_checkpoints_move_between_world_sizes(tmp_path: Path, first: int, then: int) -> None:
+    """N ranks for 8 steps, then M ranks to 12 == 1 process for 12 steps (same global batch).
 
     SGD and no dropout: dropout masks follow each rank's slice of the batch, and Adam's first
     steps turn rounding differences of near-zero gradients into full-size updates.
@@ -100,10 +101,12 @@ def test_cli_under_torchrun_resumes_on_one_process_with_the_same_result(tmp_path
             command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False
         )
 
-    two = craft("--gin_file=tiny.gin", ranks=2)
-    assert two.returncode == 0, two.stderr[-3000:]
+    started = craft("--gin_file=tiny.gin", ranks=first)
+    assert started.returncode == 0, started.stderr[-3000:]
     [split_run] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
-    resumed = craft("--gin_file=tiny.gin", "--gin.TrainConfig.steps=12", f"--resume={split_run}")
+    resumed = craft(
+        "--gin_file=tiny.gin", "--gin.TrainConfig.steps=12", f"--resume={split_run}", ranks=then
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight = craft("--gin_file=tiny.gin", "--gin.TrainConfig.steps=12")
     assert straight.returncode == 0, straight.stderr[-3000:]
