@@ -112,14 +112,15 @@ def make_train_step(
         micros = _split(batch, accum_steps)
         step_key = fold_in(state.rng, state.step)
         scale = state.loss_scale["scale"]
-        loss_sum, tokens = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        loss_sums, token_counts = [], []
         for index, micro in enumerate(micros):
             objective, micro_loss, micro_tokens = forward_c(
                 state.params, micro, fold_in(step_key, index), scale
             )
             objective.backward()
-            loss_sum = micro_loss if index == 0 else loss_sum + micro_loss
-            tokens = micro_tokens if index == 0 else tokens + micro_tokens
+            loss_sums.append(micro_loss)
+            token_counts.append(micro_tokens)
+        loss_sum, tokens = sum(loss_sums[1:], loss_sums[0]), sum(token_counts[1:], token_counts[0])
         params = tree.leaves(state.params)
         grad_list = [_grad(p) for p in params]
         if grad_sync is not None:
