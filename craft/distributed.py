@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +95,25 @@ def all_reduce_sum(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES
             _reduce_bucket(bucket)
 
 
+def reduce_scatter_sum(flat: torch.Tensor) -> torch.Tensor:
+    """Sum a flat tensor across ranks and return this rank's equal slice of the sum (the size
+    must divide by the world size). One process: the tensor itself."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flat
+    out = flat.new_empty(flat.numel() // dist.get_world_size())
+    _collective("reduce_scatter_single", "reduce_scatter_tensor")(out, flat)
+    return out
+
+
+def all_gather_flat(local: torch.Tensor) -> torch.Tensor:
+    """Every rank's equal-sized flat tensor, laid end to end in rank order, on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    out = local.new_empty(local.numel() * dist.get_world_size())
+    _collective("all_gather_single", "all_gather_into_tensor")(out, local)
+    return out
+
+
 def shard(batch: Mapping[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
     """This rank's contiguous slice of a global batch (dim 0)."""
     size = next(iter(batch.values())).shape[0]
@@ -104,6 +123,12 @@ def shard(batch: Mapping[str, torch.Tensor], world: World) -> dict[str, torch.Te
     return {
         name: value[world.rank * part : (world.rank + 1) * part] for name, value in batch.items()
     }
+
+
+def _collective(name: str, older: str) -> Callable[..., object]:
+    # torch 2.13 renamed the flat collectives (`*_single`) and deprecated the older names,
+    # which are all that earlier releases have.
+    return getattr(dist, name, None) or getattr(dist, older)
 
 
 def _reduce_bucket(bucket: list[torch.Tensor]) -> None:

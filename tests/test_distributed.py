@@ -52,33 +52,66 @@ def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_two_ranks_equal_one_process_with_the_whole_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("shard", "dropout"), [(False, 0.0), (True, 0.0), (True, 0.2)], ids=["dp", "sharded", "dropout"]
+)
+def test_two_ranks_equal_one_process_with_the_whole_batch(
+    tmp_path: Path, shard: bool, dropout: float
+) -> None:
+    """With accumulation (2 micro-batches per rank) and clipping; dropout masks follow each
+    row of the global batch, so they match too."""
     steps = 3
-    result = torchrun(str(tmp_path), str(steps))
+    options = ["--shard"] if shard else []
+    result = torchrun(str(tmp_path), str(steps), f"--dropout={dropout}", *options)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = load_file(tmp_path / "rank0.safetensors")
     rank1 = load_file(tmp_path / "rank1.safetensors")
-    single = dist_worker.train(distributed.World(), steps)
+    single = dist_worker.train(distributed.World(), steps, dropout=dropout)
     for name, value in single.items():
         assert torch.equal(rank0[name], rank1[name]), name  # every rank holds the same params
         torch.testing.assert_close(rank0[name], value, atol=1e-6, rtol=0.0)
 
 
-def test_a_dying_rank_fails_the_run_within_the_timeout(tmp_path: Path) -> None:
+def test_sharded_adamw_equals_replicated_adamw(tmp_path: Path) -> None:
+    """ZeRO-1 changes where the update runs, not what it computes: with AdamW, 2 ranks with the
+    optimizer state sharded end where 2 ranks with it replicated do."""
+    for name, options in (("sharded", ["--shard"]), ("replicated", [])):
+        (tmp_path / name).mkdir()
+        result = torchrun(str(tmp_path / name), "4", "--adamw", *options)
+        assert result.returncode == 0, result.stderr[-3000:]
+    sharded = load_file(tmp_path / "sharded" / "rank1.safetensors")
+    replicated = load_file(tmp_path / "replicated" / "rank1.safetensors")
+    assert set(sharded) == set(replicated)
+    for name, value in replicated.items():
+        torch.testing.assert_close(sharded[name], value, atol=1e-6, rtol=0.0)
+
+
+@pytest.mark.parametrize(("how", "code"), [("--dying=1", "exitcode  : 17"), ("--hanging=1", "")])
+def test_a_dead_or_hung_rank_fails_the_run_within_the_timeout(
+    tmp_path: Path, how: str, code: str
+) -> None:
     start = time.monotonic()
-    result = torchrun(str(tmp_path), "5", "1")
+    result = torchrun(str(tmp_path), "5", "--shard", how)
     assert result.returncode != 0
     assert time.monotonic() - start < 120  # the process group timeout is 20 s
-    assert "exitcode  : 17" in result.stderr or "exit code 17" in result.stderr.lower()
+    assert code in result.stderr
     assert not (tmp_path / "rank0.safetensors").exists()  # rank 0 did not finish silently
+    if how.startswith("--hanging"):
+        # Rank 0 gave up on the silent rank with the collective's timeout, not a hang.
+        assert "timed out" in result.stderr.lower() or "timeout" in result.stderr.lower()
 
 
-@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
-def test_checkpoints_move_between_world_sizes(tmp_path: Path, first: int, then: int) -> None:
-    """N ranks for 8 steps, then M ranks to 12 == 1 process for 12 steps (same global batch).
+@pytest.mark.parametrize(
+    ("first", "then", "shard"), [(2, 1, True), (1, 2, True), (2, 1, False)]
+)
+def test_checkpoints_move_between_world_sizes(
+    tmp_path: Path, first: int, then: int, shard: bool
+) -> None:
+    """N ranks for 8 steps, then M ranks to 12 == 1 process for 12 steps (same global batch),
+    the optimizer state sharded over the ranks or not; checkpoints always hold it whole.
 
-    SGD and no dropout: dropout masks follow each rank's slice of the batch, and Adam's first
-    steps turn rounding differences of near-zero gradients into full-size updates.
+    SGD with momentum: Adam's first steps turn rounding differences of near-zero gradients
+    (the order of the cross-rank sums) into full-size updates, beyond 1e-6.
     """
     text = tmp_path / "tiny.txt"
     text.write_text(
@@ -89,6 +122,7 @@ def test_checkpoints_move_between_world_sizes(tmp_path: Path, first: int, then: 
         "GPTConfig.block_size = 16\nGPTConfig.n_layer = 1\nGPTConfig.n_head = 2\n"
         "GPTConfig.n_embd = 16\nTrainConfig.steps = 8\nTrainConfig.batch_size = 4\n"
         "TrainConfig.optimizer = 'sgd'\nTrainConfig.eval_every = 0\nTrainConfig.sample_every = 0\n"
+        f"TrainConfig.shard_optimizer = {shard}\nTrainConfig.checkpoint_every = 4\n"
         "TrainConfig.compile = False\nMetricsConfig.wandb = 'disabled'\n"
         "MetricsConfig.progress_bar = False\nSchedule.kind = 'constant'\nSchedule.peak_lr = 0.1\n"
     )

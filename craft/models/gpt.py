@@ -118,7 +118,8 @@ def param_count(cfg: GPTConfig) -> int:
 def apply(
     params: Params, tokens: torch.Tensor, cfg: GPTConfig, *, rng: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Logits `[B, T, vocab]` for `tokens` `[B, T]`; `rng` (a key) turns dropout on."""
+    """Logits `[B, T, vocab]` for `tokens` `[B, T]`; `rng` turns dropout on: a key, or `[B]`
+    keys, one per row (the train step's, so a row's masks do not depend on its batch)."""
     length = tokens.shape[1]
     if length > cfg.block_size:
         raise ValueError(f"sequence length {length} exceeds block_size {cfg.block_size}")
@@ -237,8 +238,10 @@ def _rotary(
 
 
 def _dropout_keys(rng: torch.Tensor | None, cfg: GPTConfig) -> torch.Tensor | None:
-    """One key per dropout site (embeddings, then attention and MLP of each block), derived
-    in one vectorized step: a scalar key chain per site made inductor's CPU compile 4x slower."""
+    """Keys per dropout site (embeddings, then attention and MLP of each block), `[sites]` or
+    `[sites, B]` for per-row keys, derived in one vectorized step: a scalar key chain per site
+    made inductor's CPU compile 4x slower."""
     if rng is None or cfg.dropout == 0.0:
         return None
-    return fold_in(rng, torch.arange(1 + 2 * cfg.n_layer, device=rng.device))
+    sites = torch.arange(1 + 2 * cfg.n_layer, device=rng.device)
+    return fold_in(rng, sites.view(-1, *[1] * rng.ndim))

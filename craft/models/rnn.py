@@ -92,7 +92,8 @@ def param_count(cfg: RNNConfig) -> int:
 def apply(
     params: Params, tokens: torch.Tensor, cfg: RNNConfig, *, rng: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Logits `[B, T, vocab]` for `tokens` `[B, T]`, from a zero state; `rng` turns dropout on."""
+    """Logits `[B, T, vocab]` for `tokens` `[B, T]`, from a zero state; `rng` (a key, or `[B]`
+    keys) turns dropout on."""
     x = embedding(params["tok"], tokens)
     for index, layer in enumerate(params["layers"]):
         x = _layer(layer, x, cfg.cell)

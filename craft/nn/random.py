@@ -1,8 +1,9 @@
 """Counter-based randomness from explicit keys: pure tensor ops, so it compiles and replays.
 
-A key is a 0-d int64 tensor. `fold_in(key, n)` derives an independent key (per step, per layer,
-per micro-batch); `uniform(key, shape)` hashes (key, position) into [0, 1). No global generator is
-touched, so the same key always gives the same numbers, eager or compiled.
+A key is a 0-d int64 tensor (or a 1-d tensor of keys, one per row of a batch). `fold_in(key, n)`
+derives an independent key (per step, per layer, per row); `uniform(key, shape)` hashes (key,
+position) into [0, 1). No global generator is touched, so the same key always gives the same
+numbers, eager or compiled.
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ def fold_in(key: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
 
 
 def uniform(key: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """Floats in [0, 1), one per element of `shape`, determined by `key`."""
+    """Floats in [0, 1), one per element of `shape`, determined by `key`: one key (0-d) for the
+    whole tensor, or one per row (`[shape[0]]`), so that each row's numbers depend only on its
+    own key, not on which rows share the tensor."""
+    rows = key.shape[0] if key.ndim == 1 else 1
+    if key.ndim > 1 or (key.ndim == 1 and (not shape or shape[0] != rows)):
+        raise ValueError(f"keys of shape {tuple(key.shape)} do not fit a tensor of shape {shape}")
     numel = 1
     for size in shape:
         numel *= size
-    counter = torch.arange(numel, dtype=torch.int64, device=key.device)
+    counter = torch.arange(numel // max(rows, 1), dtype=torch.int64, device=key.device)
     # One round of the hash per element: two rounds made inductor's compile of a model with
     # dropout several times slower, for no visible gain in the masks.
-    bits = _mix32(((counter * 0x9E3779B1) & _MASK32) ^ key)
+    bits = _mix32(((counter * 0x9E3779B1) & _MASK32) ^ key.reshape(-1, 1))
     return (bits >> 8).to(torch.float32).mul_(1.0 / (1 << 24)).reshape(shape)

@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     dist_timeout_s: float = Field(300.0, gt=0)
     """Under torchrun: how long a rank waits for the others before failing (a dead or hung
     rank then stops the run with an error instead of a silent hang)."""
+    shard_optimizer: bool = False
+    """Under torchrun: each rank keeps only its 1/N slice of the optimizer state (ZeRO-1);
+    gradients are reduce-scattered and params all-gathered instead of one all-reduce."""
     hooks: list[str] = []
     """Extra hooks, as import paths of Hook classes: ['my_package.hooks.MyHook']."""
 

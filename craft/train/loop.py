@@ -13,6 +13,7 @@ import importlib.metadata
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from craft.optim import SGD, AdamW, Optimizer, Schedule
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
 from craft.train.hooks import Hook, RunInfo
+from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
 
@@ -114,12 +116,18 @@ def fit(
     module = MODELS[setup.model_name]
     loss_fn = functools.partial(module.loss, cfg=setup.model_cfg)
     checkpoints = run_dir / "checkpoints"
-    state = to_device(
-        init_state(module.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed),
-        device,
+    # The whole state is built (and a checkpoint loaded) on the CPU; a sharded run moves only
+    # its slice of the optimizer state to the device.
+    state = init_state(
+        module.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed
     )
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
+    shards = None
+    if train.shard_optimizer and world.size > 1:
+        shards = OptimizerShards(state.params, world.rank, world.size)
+        state = shards.shard_state(state)
+    state = to_device(state, device)
     start = int(state.step)
     if world.main:
         checkpoints.mkdir(parents=True, exist_ok=True)
@@ -128,7 +136,8 @@ def fit(
     step_fn = make_train_step(
         loss_fn, setup.optimizer, setup.schedule, precision=train.precision,
         accum_steps=train.accum_steps, clip_norm=train.clip_norm, compile=train.compile,
-        grad_sync=distributed.all_reduce_sum if world.size > 1 else None,
+        grad_sync=distributed.all_reduce_sum if world.size > 1 and shards is None else None,
+        shards=shards, rank=world.rank,
     )  # fmt: skip
     train_tokens, val_tokens = setup.data.split("train"), setup.data.split("val")
     tokenizer = load_tokenizer(setup.data.tokenizer_path)
@@ -147,10 +156,15 @@ def fit(
         flops_per_token=_flops_per_token(setup),
         peak_flops=peak_flops(device),
     )
-    checkpointer = Checkpointer(setup, train.checkpoint_every, train.keep_checkpoints)
+    checkpointer = Checkpointer(
+        setup, train.checkpoint_every, train.keep_checkpoints, writes=world.main,
+        whole=shards.full_state if shards is not None else None,
+    )  # fmt: skip
     user_hooks = [_load_hook(path) for path in train.hooks]
-    all_hooks = [checkpointer, *hooks, *user_hooks] if world.main else []
-    checkpointer.listeners = all_hooks
+    # Every rank runs the checkpointer (gathering a sharded state takes all of them); only
+    # rank 0 writes, and only rank 0 runs the other hooks.
+    all_hooks = [checkpointer, *hooks, *user_hooks] if world.main else [checkpointer]
+    checkpointer.listeners = all_hooks if world.main else []
 
     def run_eval(step: int, whole: bool) -> dict[str, float]:
         results = evaluate(
@@ -202,11 +216,15 @@ def fit(
             for hook in all_hooks:
                 hook.on_step_end(run, step, metrics)
         summary["status"] = "finished"
-        if world.main and checkpointer.last_saved != step:
+        if checkpointer.last_saved != step:
             checkpointer.save(run, step)
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
-        if world.main and step > start and checkpointer.last_saved != step:
+        if shards is not None:
+            # Gathering would need every rank at the same point, which an interrupt does not
+            # promise: the last periodic checkpoint stands.
+            summary["note"] = "optimizer state is sharded: no checkpoint written at the interrupt"
+        elif world.main and step > start and checkpointer.last_saved != step:
             checkpointer.save(run, step)
     except TrainingError:
         summary["status"] = "failed"
@@ -230,8 +248,19 @@ class Checkpointer(Hook):
     """Saves every `every` steps (after that step's evaluation), keeps the newest `keep` and the
     best by val loss. The loop also calls `save` at the end and on Ctrl-C."""
 
-    def __init__(self, setup: Setup, every: int, keep: int):
+    def __init__(
+        self,
+        setup: Setup,
+        every: int,
+        keep: int,
+        *,
+        writes: bool = True,
+        whole: Callable[[TrainState], TrainState] | None = None,
+    ):
+        """`writes`: False on ranks other than 0 (they only take part in `whole`). `whole`:
+        makes the state whole before saving (a collective for a sharded optimizer state)."""
         self.setup, self.every, self.keep = setup, every, keep
+        self.writes, self.whole = writes, whole
         self.val_loss: dict[int, float] = {}
         self.last_saved: int | None = None
         self.last_path: Path | None = None
@@ -248,9 +277,14 @@ class Checkpointer(Hook):
         if self.every and step % self.every == 0 and step < run.total_steps:
             self.save(run, step)
 
-    def save(self, run: RunInfo, step: int) -> Path:
+    def save(self, run: RunInfo, step: int) -> Path | None:
         assert run.read_state is not None
         state: TrainState = run.read_state()
+        if self.whole is not None:
+            state = self.whole(state)
+        self.last_saved = step
+        if not self.writes:
+            return None
         meta = {
             "step": step,
             "data_position": step,
@@ -264,7 +298,7 @@ class Checkpointer(Hook):
         directory = run.run_dir / "checkpoints"
         path = checkpoint.save(directory, state._asdict(), step, meta)
         checkpoint.prune(directory, self.keep)
-        self.last_saved, self.last_path = step, path
+        self.last_path = path
         for hook in self.listeners:
             hook.on_checkpoint(run, step, path)
         return path

@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 import torch
 
-from craft import tree
+from craft import distributed, tree
 from craft.nn.random import fold_in
 from craft.optim import Optimizer
+from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState
 from craft.tree import Params
 
@@ -40,6 +41,8 @@ def make_train_step(
     compile: bool = True,
     growth_interval: int = GROWTH_INTERVAL,
     grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
+    shards: OptimizerShards | None = None,
+    rank: int = 0,
 ) -> StepFn:
     """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"tokens": n, ...})`.
 
@@ -54,6 +57,13 @@ def make_train_step(
       `craft.distributed.all_reduce_sum`). Called once per step, after the last micro-batch,
       on the gradients and on the loss and token sums, so every rank normalises by the global
       token count and applies the same update.
+    - shards: data parallel with the optimizer state sharded (ZeRO-1, `craft.train.sharded`):
+      gradients are reduce-scattered, each rank updates its slice of the params, and the params
+      are all-gathered. The state's `opt_state` must be this rank's slice
+      (`shards.shard_state` / `shards.init`). Takes the place of `grad_sync`.
+    - rank: under data parallel, this process's rank. Its rows of the global batch start at
+      `rank x local batch`, and each row's dropout key follows its global row, so the masks do
+      not depend on how the batch is split over ranks and micro-batches.
 
     The state given to `step` is consumed: params and optimizer state are updated in place.
     """
@@ -63,6 +73,8 @@ def make_train_step(
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     if clip_norm is not None and clip_norm <= 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    if shards is not None and grad_sync is not None:
+        raise ValueError("give grad_sync or shards, not both: shards does its own reduction")
     autocast_dtype = _AUTOCAST.get(precision)
 
     def forward(
@@ -92,6 +104,21 @@ def make_train_step(
         optimizer.update(grads, state.opt_state, state.params, lr=lr)
         return lr
 
+    def unscale_slice(
+        local: torch.Tensor, tokens: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        # Sharded: this rank's flat gradient slice (zero padding adds nothing to the norm).
+        local.mul_(1.0 / (tokens * scale))
+        return torch.linalg.vector_norm(local.float())
+
+    def apply_update_slice(
+        state: TrainState, local: torch.Tensor, norm: torch.Tensor
+    ) -> torch.Tensor:
+        # The flat slice is split into per-leaf views inside the graph: handing the compiled
+        # function many views of one buffer would make it treat them as aliased inputs.
+        assert shards is not None
+        return apply_update(state, shards.split(local), norm)
+
     def update(
         state: TrainState, grads: Params, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,35 +134,46 @@ def make_train_step(
     forward_c = maybe_compile(forward)
     update_c = maybe_compile(update, **safe)  # fp32 / bf16: unscale, clip, update in one graph
     unscale_c, apply_update_c = maybe_compile(unscale, **safe), maybe_compile(apply_update, **safe)
+    if shards is not None:
+        unscale_c = maybe_compile(unscale_slice, **safe)
+        apply_update_c = maybe_compile(apply_update_slice, **safe)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         micros = _split(batch, accum_steps)
         step_key = fold_in(state.rng, state.step)
         scale = state.loss_scale["scale"]
+        rows = torch.arange(len(micros[0]["inputs"]), device=step_key.device)
+        first_row = rank * len(batch["inputs"])
         loss_sums, token_counts = [], []
         for index, micro in enumerate(micros):
-            objective, micro_loss, micro_tokens = forward_c(
-                state.params, micro, fold_in(step_key, index), scale
-            )
+            # One key per row of the global batch: dropout masks follow the data, not the split.
+            row_keys = fold_in(step_key, rows + (first_row + index * len(rows)))
+            objective, micro_loss, micro_tokens = forward_c(state.params, micro, row_keys, scale)
             objective.backward()
             loss_sums.append(micro_loss)
             token_counts.append(micro_tokens)
         loss_sum, tokens = sum(loss_sums[1:], loss_sums[0]), sum(token_counts[1:], token_counts[0])
         params = tree.leaves(state.params)
         grad_list = [_grad(p) for p in params]
-        if grad_sync is not None:
-            grad_sync([*grad_list, loss_sum, tokens])
-        grads = tree.unflatten(tree.flatten(state.params)[1], grad_list)
         for p in params:
             p.grad = None
         with torch.no_grad():
-            if precision == "fp16":
-                norm, lr, skipped = _fp16_update(
-                    state, grads, tokens, unscale_c, apply_update_c, growth_interval
-                )
+            if shards is not None:
+                norm, lr, skipped = _sharded_update(
+                    state, shards, grad_list, loss_sum, tokens, unscale_c, apply_update_c,
+                    growth_interval if precision == "fp16" else None,
+                )  # fmt: skip
             else:
-                norm, lr = update_c(state, grads, tokens)
-                skipped = torch.zeros((), dtype=torch.int64)
+                if grad_sync is not None:
+                    grad_sync([*grad_list, loss_sum, tokens])
+                grads = tree.unflatten(tree.flatten(state.params)[1], grad_list)
+                if precision == "fp16":
+                    norm, lr, skipped = _fp16_update(
+                        state, grads, tokens, unscale_c, apply_update_c, growth_interval
+                    )
+                else:
+                    norm, lr = update_c(state, grads, tokens)
+                    skipped = torch.zeros((), dtype=torch.int64)
             state.step.add_(1)
         metrics = {
             "loss": loss_sum / tokens.clamp(min=1),
@@ -160,18 +198,48 @@ def _fp16_update(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Skip the update on inf/nan gradients and adapt the loss scale (one host sync, as
     torch.amp.GradScaler does)."""
+    norm = unscale(tree.leaves(grads), tokens, state.loss_scale["scale"])
+    if not _fp16_scale_allows(state, norm, growth_interval):
+        return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
+    return norm, apply_update(state, grads, norm), torch.zeros((), dtype=torch.int64)
+
+
+def _fp16_scale_allows(state: TrainState, norm: torch.Tensor, growth_interval: int) -> bool:
+    """Adapt the loss scale to this step's gradient norm; False: skip the update."""
     scale, good = state.loss_scale["scale"], state.loss_scale["good_steps"]
-    norm = unscale(tree.leaves(grads), tokens, scale)
     if not bool(torch.isfinite(norm)):
         scale.mul_(0.5)
         good.zero_()
-        return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
-    lr = apply_update(state, grads, norm)
+        return False
     good.add_(1)
     if int(good) >= growth_interval:
         scale.mul_(2.0)
         good.zero_()
-    return norm, lr, torch.zeros((), dtype=torch.int64)
+    return True
+
+
+def _sharded_update(
+    state: TrainState,
+    shards: OptimizerShards,
+    grad_list: list[torch.Tensor],
+    loss_sum: torch.Tensor,
+    tokens: torch.Tensor,
+    unscale: Callable[..., torch.Tensor],
+    apply_update: Callable[..., torch.Tensor],
+    growth_interval: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ZeRO-1: reduce-scatter the gradients, update this rank's slice, all-gather the params.
+    `growth_interval` is given for fp16 (loss scaling; every rank sees the same global norm, so
+    all skip together)."""
+    local = shards.scatter_sum(grad_list)
+    distributed.all_reduce_sum([loss_sum, tokens])
+    norm = shards.global_norm(unscale(local, tokens, state.loss_scale["scale"]))
+    not_skipped = torch.zeros((), dtype=torch.int64)
+    if growth_interval is not None and not _fp16_scale_allows(state, norm, growth_interval):
+        return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
+    lr = apply_update(state._replace(params=shards.own(state.params)), local, norm)
+    shards.gather_params(state.params)
+    return norm, lr, not_skipped
 
 
 def _grad(param: torch.Tensor) -> torch.Tensor:
