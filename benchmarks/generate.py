@@ -2,7 +2,8 @@
 
 Baseline: `craft.generate.generate_recompute`, a full `gpt.apply` over the context per new token
 (the same context policy as the cache, so greedy decoding gives the same ids, which each row
-reports). Contenders: the cached decode loop, eager and with its one-token step compiled. Batch 1,
+reports). Contenders: the cached decode loop, eager and with its one-token step compiled (on a
+GPU also replayed as a CUDA graph). Batch 1,
 greedy, a short random prompt; all in one process, timed in alternating rounds (median), so
 machine noise hits every implementation alike. Compilation happens in the warm-up call.
 
@@ -57,6 +58,10 @@ def runners(
     if compile:
         found["cache+compile"] = lambda: list(
             generate("gpt", params, cfg, prompt, sampling, device=device, compile=True)
+        )
+    if compile and device == "cuda":  # the compiled step replayed as a CUDA graph
+        found["cache+graphs"] = lambda: list(
+            generate("gpt", params, cfg, prompt, sampling, device=device, compile="reduce-overhead")
         )
     return found
 

@@ -64,12 +64,15 @@ def flops_per_token(cfg: gpt.GPTConfig, seq: int) -> float:
     return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq
 
 
-def craft_runner(cfg: gpt.GPTConfig, precision: str, device: torch.device):
+def craft_runner(
+    cfg: gpt.GPTConfig, precision: str, device: torch.device, compile_mode: str = "default"
+):
     optimizer = AdamW(weight_decay=0.1)
     state = to_device(init_state(gpt.init(cfg, seed=0), optimizer), device)
     step = make_train_step(
         functools.partial(gpt.loss, cfg=cfg), optimizer, Schedule(kind="constant", peak_lr=3e-4),
         precision=precision, clip_norm=1.0, compile=True,  # type: ignore[arg-type]
+        compile_mode=compile_mode,  # type: ignore[arg-type]
     )  # fmt: skip
 
     def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -160,29 +163,54 @@ class PeakHeap:
         self._thread.join()
 
 
-def throughput_worker(name: str, steps: int, warmup: int, rounds: int) -> list[dict[str, Any]]:
+def throughput_worker(
+    name: str, steps: int, warmup: int, rounds: int, graphs: bool = True
+) -> list[dict[str, Any]]:
     """Both implementations in one process, alternating rounds: noise hits both alike."""
     spec = CONFIGS[name]
     device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
     cfg = model_config(spec, remat=False)
-    runners = {"baseline": baseline_runner(cfg, spec["precision"], device),
-               "craft": craft_runner(cfg, spec["precision"], device)}  # fmt: skip
+    makers = {
+        "baseline": lambda: baseline_runner(cfg, spec["precision"], device),
+        "craft": lambda: craft_runner(cfg, spec["precision"], device),
+    }
+    if cuda and graphs:  # the same step replayed as CUDA graphs
+        makers["craft-graphs"] = lambda: craft_runner(
+            cfg, spec["precision"], device, "reduce-overhead"
+        )
+    runners, resident = {}, {}
+    for impl, make in makers.items():
+        before = torch.cuda.memory_allocated(device) if cuda else 0
+        runners[impl] = make()
+        resident[impl] = (torch.cuda.memory_allocated(device) - before) if cuda else 0
     batches = make_batches(spec, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    warmup_s, times = {}, {impl: [] for impl in runners}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    warmup_s, times, peak_mb = {}, {impl: [] for impl in runners}, {}
     for impl, run in runners.items():
         start = time.perf_counter()
         for i in range(warmup):
             run(batches[i % 4])
         sync()
         warmup_s[impl] = time.perf_counter() - start
-    for _ in range(rounds):
+        print(
+            f"{name} {impl}: warm-up (compile) {warmup_s[impl]:.1f} s", file=sys.stderr, flush=True
+        )
+    for round_index in range(rounds):
         for impl, run in runners.items():
+            if cuda and round_index == 0:
+                # CUDA memory in the same process: this implementation's resident state (params
+                # and optimizer state, measured when it was built) plus what its steps add.
+                resting = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
             for i in range(steps):
                 run(batches[i % 4])
             sync()
             times[impl].append((time.perf_counter() - start) / steps)
+            if cuda and round_index == 0:
+                added = torch.cuda.max_memory_allocated(device) - resting
+                peak_mb[impl] = round((resident[impl] + added) / 2**20, 1)
     tokens = spec["batch"] * spec["seq"]
     peak = peak_flops(device)
     rows = []
@@ -199,11 +227,13 @@ def throughput_worker(name: str, steps: int, warmup: int, rounds: int) -> list[d
                 "mfu": round(achieved / peak, 4) if peak else None,
                 "params": gpt.param_count(cfg),
                 "warmup_s": round(warmup_s[impl], 1),
+                "peak_memory_mb": peak_mb.get(impl),
                 "device": device_name(device),
                 "torch": torch.__version__,
             }
         )
-    rows[1]["vs_baseline"] = round(rows[0]["ms_per_step"] / rows[1]["ms_per_step"], 3)
+    for row in rows[1:]:
+        row["vs_baseline"] = round(rows[0]["ms_per_step"] / row["ms_per_step"], 3)
     return rows
 
 
@@ -256,9 +286,11 @@ def spawn(args: argparse.Namespace, job: list[Any]) -> Any:
     command = [sys.executable, __file__, "--worker", json.dumps(job)]
     for name, value in options.items():
         command += [f"--{name}", str(value)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    command += ["--graphs" if args.graphs else "--no-graphs"]
+    # The worker's stderr goes straight through: progress shows while it compiles.
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
-        print(f"{job}: failed\n{result.stderr[-3000:]}", file=sys.stderr)
+        print(f"{job}: failed with exit code {result.returncode}", file=sys.stderr)
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -273,13 +305,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="alternating timed rounds")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument(
+        "--remat-memory", action=argparse.BooleanOptionalAction, default=True,
+        help="also measure Craft's peak memory with activation checkpointing (a process each)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--graphs", action=argparse.BooleanOptionalAction, default=True,
+        help="on CUDA, also time Craft's step replayed as CUDA graphs (reduce-overhead)",
+    )  # fmt: skip
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
         job = json.loads(args.worker)
         if job[0] == "throughput":
-            print(json.dumps(throughput_worker(job[1], args.steps, args.warmup, args.rounds)))
+            rows = throughput_worker(job[1], args.steps, args.warmup, args.rounds, args.graphs)
+            print(json.dumps(rows))
         else:
             print(json.dumps(memory_worker(job[1], job[2], job[3], args.warmup)))
         return
@@ -292,8 +333,10 @@ def main() -> None:
         rows = spawn(args, ["throughput", name]) or []
         for row in rows:
             print(json.dumps(row), flush=True)
-        memory = {}
-        for impl, remat in (("baseline", False), ("craft", False), ("craft", True)):
+        memory = {(row["impl"], False): row["peak_memory_mb"] for row in rows}
+        # CUDA peaks come from the throughput run; the CPU needs one process per measurement.
+        jobs = [] if args.device == "cuda" else [("baseline", False), ("craft", False)]
+        for impl, remat in [*jobs, *([("craft", True)] if args.remat_memory else [])]:
             found = spawn(args, ["memory", name, impl, remat])
             if found:
                 print(json.dumps(found), flush=True)
@@ -305,7 +348,7 @@ def main() -> None:
 
 def print_table(table: list[tuple[dict[str, Any], float | None, float | None]]) -> None:
     columns = ("config", "impl", "ms/step", "tok/s", "MFU", "vs base", "peak MB", "+remat MB")
-    widths = (14, 9, 9, 9, 6, 8, 9, 10)
+    widths = (14, 12, 9, 9, 6, 8, 9, 10)
     print("\n" + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     for row, mem, remat_mem in table:
         cells = (

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from craft.data.tokenizers import Tokenizer
 from craft.errors import ConfigError
 from craft.models import gpt, rnn
-from craft.tree import Params, tree_map
+from craft.tree import Params, leaves, tree_map
 
 MODELS = ("gpt", "rnn")
 Cache = list[dict[str, torch.Tensor]]
@@ -128,15 +128,17 @@ def generate(
     prompt_ids: Sequence[int],
     cfg: SamplingConfig,
     *,
-    compile: bool = False,
+    compile: bool | str = False,
     device: torch.device | str = "cpu",
     context: int | None = None,
 ) -> Iterator[int]:
     """Yield `cfg.max_new_tokens` new token ids one at a time (batch 1).
 
-    model: "gpt" (KV cache; `compile` compiles its one-token step) or "rnn" (recomputes over the
-    last `context` tokens each step, default 256). `context` for a GPT defaults to, and may not
-    exceed, its block_size. A longer prompt keeps its last `context` tokens, with a warning.
+    model: "gpt" (KV cache; `compile` compiles its one-token step: True, or a torch.compile
+    mode such as "reduce-overhead", which replays it as a CUDA graph on a GPU) or "rnn"
+    (recomputes over the last `context` tokens each step, default 256). `context` for a GPT
+    defaults to, and may not exceed, its block_size. A longer prompt keeps its last `context`
+    tokens, with a warning.
     """
     if model == "gpt":
         gpt_cfg = _gpt_config(model_cfg)
@@ -255,7 +257,7 @@ def _generate_cached(
     window: _Window,
     sampling: SamplingConfig,
     *,
-    compile: bool,
+    compile: bool | str,
     device: torch.device | str,
 ) -> Iterator[int]:
     dtype = params["tok"]["embedding"].dtype
@@ -272,7 +274,13 @@ def _generate_cached(
 
     # Only the one-token step is compiled: its shapes never change, and `pos` is a tensor, so it
     # compiles once. The prompt prefill (a new length each time) runs eagerly.
-    step = torch.compile(one_token, dynamic=False) if compile else one_token_eager
+    mode = compile if isinstance(compile, str) else None
+    if mode in ("reduce-overhead", "max-autotune"):
+        # CUDA graphs: the cache and params keep their addresses (the cache is written in
+        # place), so a replay reads them where they are instead of copying them in.
+        for tensor in [*leaves(params), *leaves(cache)]:
+            torch._dynamo.mark_static_address(tensor)
+    step = torch.compile(one_token, dynamic=False, mode=mode) if compile else one_token_eager
     generator = _generator(sampling, device)
 
     def prefill() -> torch.Tensor:

@@ -101,9 +101,7 @@ def test_a_dead_or_hung_rank_fails_the_run_within_the_timeout(
         assert "timed out" in result.stderr.lower() or "timeout" in result.stderr.lower()
 
 
-@pytest.mark.parametrize(
-    ("first", "then", "shard"), [(2, 1, True), (1, 2, True), (2, 1, False)]
-)
+@pytest.mark.parametrize(("first", "then", "shard"), [(2, 1, True), (1, 2, True), (2, 1, False)])
 def test_checkpoints_move_between_world_sizes(
     tmp_path: Path, first: int, then: int, shard: bool
 ) -> None:

@@ -10,7 +10,7 @@ import torch
 from craft import tree
 from craft.models import gpt
 from craft.optim import SGD, AdamW, Schedule
-from craft.train import init_state, make_train_step
+from craft.train import init_state, make_train_step, to_device
 
 CFG = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 LOSS = functools.partial(gpt.loss, cfg=CFG)
@@ -55,6 +55,31 @@ def test_compiled_step_equals_eager_step() -> None:
     assert_trees_close(compiled.params, eager.params, atol=1e-5, rtol=1e-5)
     assert_trees_close(compiled.opt_state, eager.opt_state, atol=1e-6, rtol=1e-4)
     assert compiled.step.item() == 4
+
+
+@pytest.mark.slow
+def test_cuda_graph_mode_step_equals_eager_step() -> None:
+    """ "reduce-overhead" marks the state static and clones graph outputs; on a CPU inductor
+    replays no graphs, so this checks the bookkeeping, and a GPU run checks the replays."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batches = [{k: v.to(device) for k, v in batch(4, seed=i).items()} for i in range(3)]
+    optimizer = AdamW()
+    states = {}
+    for mode in ("eager", "reduce-overhead"):
+        state = to_device(init_state(gpt.init(CFG, seed=0), optimizer), device)
+        step = make_train_step(
+            LOSS, optimizer, CONSTANT, clip_norm=1.0, compile=mode != "eager",
+            compile_mode="default" if mode == "eager" else mode,  # type: ignore[arg-type]
+        )  # fmt: skip
+        losses = []
+        for i in range(4):
+            state, metrics = step(state, batches[i % 3])
+            losses.append(metrics["loss"].item())
+        states[mode] = (state, losses)
+    assert states["reduce-overhead"][1] == pytest.approx(states["eager"][1], rel=1e-5)
+    assert_trees_close(
+        states["reduce-overhead"][0].params, states["eager"][0].params, atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("accum", [2, 4])
@@ -189,6 +214,10 @@ def test_bad_step_options_are_refused() -> None:
         make_train_step(LOSS, AdamW(), CONSTANT, precision="fp8")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="clip_norm must be positive"):
         make_train_step(LOSS, AdamW(), CONSTANT, clip_norm=0.0)
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        make_train_step(LOSS, AdamW(), CONSTANT, compile_mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="replays CUDA graphs, which needs accum_steps=1"):
+        make_train_step(LOSS, AdamW(), CONSTANT, compile_mode="reduce-overhead", accum_steps=2)
     step = make_train_step(LOSS, AdamW(), CONSTANT, accum_steps=3, compile=False)
     with pytest.raises(ValueError, match="batch size 4 is not divisible by accum_steps=3"):
         step(init_state(gpt.init(CFG, seed=0), AdamW()), batch(4))

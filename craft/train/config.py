@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from craft.config import configurable
+from craft.train.step import CompileMode
 
 
 @configurable
@@ -25,6 +26,9 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     clip_norm: float | None = Field(1.0, gt=0)
     compile: bool = True
+    compile_mode: CompileMode = "default"
+    """torch.compile's mode; "reduce-overhead" replays CUDA graphs on a GPU (small models are
+    launch-bound there) and needs accum_steps = 1."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0)
     """CPU threads for torch; None keeps torch's default."""
@@ -56,5 +60,10 @@ class TrainConfig(BaseModel):
         if self.batch_size % self.accum_steps:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of accum_steps={self.accum_steps}"
+            )
+        if self.compile_mode in ("reduce-overhead", "max-autotune") and self.accum_steps > 1:
+            raise ValueError(
+                f"compile_mode={self.compile_mode!r} replays CUDA graphs, which needs "
+                f"accum_steps=1 (got {self.accum_steps})"
             )
         return self

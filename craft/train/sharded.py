@@ -58,7 +58,13 @@ class OptimizerShards:
         self.rank, self.size = rank, size
         self.chunk = math.ceil(self.total / size)
         if (size - 1) * self.chunk >= self.total:
-            raise ConfigError(f"{self.total} params are too few to shard over {size} ranks")
+            raise ConfigError(
+                f"{self.total} params are too few to shard over {size} ranks: with "
+                f"{self.chunk} per rank, the last would own none"
+            )
+        crooked = [name for name, leaf in named.items() if not leaf.is_contiguous()]
+        if crooked:  # a slice of such a leaf would be a copy, and updates would be lost
+            raise ConfigError(f"params must be contiguous to be sharded; these are not: {crooked}")
         low, high = rank * self.chunk, min((rank + 1) * self.chunk, self.total)
         self.pieces: list[Piece] = []
         offset = 0
@@ -91,6 +97,11 @@ class OptimizerShards:
     def scatter_sum(self, leaves: list[torch.Tensor]) -> torch.Tensor:
         """Sum full-size tensors (gradients, in leaf order) across ranks; return this rank's
         slice of the sum, flat (`split` shapes it like `own`)."""
+        if distributed.world_size() != self.size:
+            raise ConfigError(
+                f"the optimizer state is sharded for {self.size} ranks, but "
+                f"{distributed.world_size()} take part"
+            )
         return distributed.reduce_scatter_sum(_padded_flat(leaves, self.chunk * self.size))
 
     def global_norm(self, local_norm: torch.Tensor) -> torch.Tensor:
@@ -153,5 +164,5 @@ def _cut(flat: torch.Tensor, piece: Piece, whole: bool = False) -> torch.Tensor:
 
 
 def _padded_flat(leaves: list[torch.Tensor], size: int) -> torch.Tensor:
-    flat = torch.cat([leaf.reshape(-1) for leaf in leaves])
-    return torch.cat([flat, flat.new_zeros(size - flat.numel())])
+    used = sum(leaf.numel() for leaf in leaves)
+    return torch.cat([*(leaf.reshape(-1) for leaf in leaves), leaves[0].new_zeros(size - used)])

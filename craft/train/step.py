@@ -9,7 +9,7 @@ returned one. Keeping one copy of params and optimizer state is what makes it fi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -21,6 +21,8 @@ from craft.train.state import TrainState
 from craft.tree import Params
 
 Precision = Literal["fp32", "bf16", "fp16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Metrics = dict[str, torch.Tensor]
@@ -39,6 +41,7 @@ def make_train_step(
     accum_steps: int = 1,
     clip_norm: float | None = None,
     compile: bool = True,
+    compile_mode: CompileMode = "default",
     growth_interval: int = GROWTH_INTERVAL,
     grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
     shards: OptimizerShards | None = None,
@@ -53,6 +56,10 @@ def make_train_step(
       mean over all their tokens, exactly as for one big batch.
     - clip_norm: clip the global gradient norm; metrics report the norm before clipping.
     - compile: torch.compile the forward and the update (False to debug eagerly).
+    - compile_mode: torch.compile's mode. "reduce-overhead" and "max-autotune" replay CUDA graphs
+      on a GPU (one launch for many small kernels): params and optimizer state are marked as
+      static addresses (they are updated in place), and accum_steps must be 1, since a replay
+      reuses the memory of the previous micro-batch's gradients.
     - grad_sync: data parallel; sums tensors across processes in place (e.g.
       `craft.distributed.all_reduce_sum`). Called once per step, after the last micro-batch,
       on the gradients and on the loss and token sums, so every rank normalises by the global
@@ -73,6 +80,14 @@ def make_train_step(
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     if clip_norm is not None and clip_norm <= 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+    graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
+    if graphs and accum_steps > 1:
+        raise ValueError(
+            f"compile_mode={compile_mode!r} replays CUDA graphs, which needs accum_steps=1 "
+            f"(got {accum_steps}): a replay reuses the previous micro-batch's gradient memory"
+        )
     if shards is not None and grad_sync is not None:
         raise ValueError("give grad_sync or shards, not both: shards does its own reduction")
     autocast_dtype = _AUTOCAST.get(precision)
@@ -126,6 +141,8 @@ def make_train_step(
         return norm, apply_update(state, grads, norm)
 
     def maybe_compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+        # A mode is a set of inductor options; torch.compile takes a mode or options, not both.
+        options = {**torch._inductor.list_mode_options(compile_mode), **options}
         return torch.compile(fn, options=options or None) if compile else fn
 
     # Foreach updates and norm reductions in one graph crashed inductor on CUDA
@@ -138,7 +155,12 @@ def make_train_step(
         unscale_c = maybe_compile(unscale_slice, **safe)
         apply_update_c = maybe_compile(apply_update_slice, **safe)
 
+    static: dict[str, int] = {}
+
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        if graphs:
+            _mark_static(state, static)
+            torch.compiler.cudagraph_mark_step_begin()
         micros = _split(batch, accum_steps)
         step_key = fold_in(state.rng, state.step)
         scale = state.loss_scale["scale"]
@@ -150,6 +172,8 @@ def make_train_step(
             row_keys = fold_in(step_key, rows + (first_row + index * len(rows)))
             objective, micro_loss, micro_tokens = forward_c(state.params, micro, row_keys, scale)
             objective.backward()
+            if graphs:  # the graph's outputs live in memory that its next replay overwrites
+                micro_loss, micro_tokens = micro_loss.clone(), micro_tokens.clone()
             loss_sums.append(micro_loss)
             token_counts.append(micro_tokens)
         loss_sum, tokens = sum(loss_sums[1:], loss_sums[0]), sum(token_counts[1:], token_counts[0])
@@ -240,6 +264,17 @@ def _sharded_update(
     lr = apply_update(state._replace(params=shards.own(state.params)), local, norm)
     shards.gather_params(state.params)
     return norm, lr, not_skipped
+
+
+def _mark_static(state: TrainState, marked: dict[str, int]) -> None:
+    """Tell the compiler that params and optimizer state keep their addresses (they are updated
+    in place), so CUDA graphs read them where they are instead of copying them in each replay.
+    Once per state: a new one (a restored checkpoint) is marked again."""
+    if marked.get("state") == id(state.params):
+        return
+    for tensor in tree.leaves((state.params, state.opt_state)):
+        torch._dynamo.mark_static_address(tensor)
+    marked["state"] = id(state.params)
 
 
 def _grad(param: torch.Tensor) -> torch.Tensor:
