@@ -79,6 +79,10 @@ def test_show_config_prints_the_effective_config(run_cli: CliRunner, tmp_path: P
             "unknown configurable 'DataConfg'; did you mean 'DataConfig'",
         ),
         (["--gin_param=DataConfig.block_size = ("], "gin syntax error"),
+        (
+            ["--gin.TrainConfig.compile_mode=reduce-overhead", "--gin.TrainConfig.accum_steps=2"],
+            "compile_mode='reduce-overhead' replays CUDA graphs, which needs accum_steps=1",
+        ),
     ],
 )
 def test_bad_config_stops_before_any_work(
