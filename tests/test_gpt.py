@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from benchmarks.baseline_gpt import BaselineGPT, load_craft_params
 from craft import tree
 from craft.models import gpt
-from craft.nn import key
+from craft.nn import fold_in, key
 
 SMALL = gpt.GPTConfig(vocab_size=61, block_size=32, n_layer=2, n_head=4, n_embd=32)
 
@@ -102,6 +102,19 @@ def test_dropout_follows_the_key_and_remat_changes_nothing() -> None:
     )
     remat = cfg.model_copy(update={"remat": True})
     torch.testing.assert_close(gpt.apply(params, x, remat, rng=key(1)), a)
+
+
+def test_per_row_keys_give_each_row_the_same_dropout_in_any_batch() -> None:
+    """The train step gives each row of the global batch its own key: a row's output must not
+    depend on which rows share its batch (ranks, micro-batches)."""
+    cfg = SMALL.model_copy(update={"dropout": 0.3})
+    params = gpt.init(cfg, seed=0)
+    x = tokens(4, 16)
+    keys = fold_in(key(5), torch.arange(4))
+    whole = gpt.apply(params, x, cfg, rng=keys)
+    halves = [gpt.apply(params, x[i : i + 2], cfg, rng=keys[i : i + 2]) for i in (0, 2)]
+    torch.testing.assert_close(torch.cat(halves), whole, atol=1e-6, rtol=0.0)
+    assert not torch.allclose(whole, gpt.apply(params, x, cfg))  # dropout did act
 
 
 def test_remat_gives_the_same_gradients() -> None:

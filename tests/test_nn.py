@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -75,6 +76,28 @@ def test_dropout_is_a_pure_function_of_its_key(seed: int, salt: int, rate: float
     assert abs(kept - (1 - rate)) < 0.05
     assert torch.allclose(a[a != 0], torch.tensor(1 / (1 - rate)))
     assert torch.equal(nn.dropout(x, rate, None), x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 6), st.integers(0, 6))
+def test_per_row_keys_make_each_row_independent_of_its_batch(
+    seed: int, rows: int, cut: int
+) -> None:
+    """With one key per row, a row's numbers depend on its key alone: a batch cut in two gives
+    the same numbers as the whole (data parallel and accumulation rely on it)."""
+    keys = nn.fold_in(nn.key(seed), torch.arange(rows))
+    whole = nn.uniform(keys, (rows, 3, 5))
+    cut = min(cut, rows)
+    parts = [nn.uniform(keys[:cut], (cut, 3, 5)), nn.uniform(keys[cut:], (rows - cut, 3, 5))]
+    assert torch.equal(torch.cat(parts), whole)
+    assert torch.equal(whole[0], nn.uniform(keys[0], (3, 5)))  # a row = a 0-d key on its shape
+
+
+def test_keys_that_do_not_fit_the_shape_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"keys of shape \(3,\) do not fit a tensor of shape"):
+        nn.uniform(torch.zeros(3, dtype=torch.int64), (4, 2))
+    with pytest.raises(ValueError, match=r"keys of shape \(2, 2\)"):
+        nn.uniform(torch.zeros(2, 2, dtype=torch.int64), (2, 2))
 
 
 def test_uniform_is_uniform_and_compiles_to_the_same_numbers() -> None:

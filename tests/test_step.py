@@ -11,6 +11,7 @@ from craft import tree
 from craft.models import gpt
 from craft.optim import SGD, AdamW, Schedule
 from craft.train import init_state, make_train_step, to_device
+from craft.train.sharded import OptimizerShards
 
 CFG = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 LOSS = functools.partial(gpt.loss, cfg=CFG)
@@ -141,13 +142,19 @@ def poisoned_loss(params, batch, *, rng=None):
     return value, {"tokens": torch.tensor(batch["inputs"].shape[0])}
 
 
-def test_fp16_overflow_skips_the_update_and_halves_the_scale() -> None:
+@pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "sharded"])
+def test_fp16_overflow_skips_the_update_and_halves_the_scale(sharded: bool) -> None:
+    """Also with the optimizer state sharded (one rank): the skip follows the global norm."""
     optimizer = AdamW()
     # A small initial scale: fp16 gradients of this toy overflow at the default 2**16.
     state = init_state({"w": torch.randn(4, 2)}, optimizer, init_loss_scale=256.0)
+    shards = OptimizerShards(state.params, 0, 1) if sharded else None
+    if shards is not None:
+        state = shards.shard_state(state)
     step = make_train_step(
-        poisoned_loss, optimizer, CONSTANT, precision="fp16", compile=False, growth_interval=2
-    )
+        poisoned_loss, optimizer, CONSTANT, precision="fp16", compile=False, growth_interval=2,
+        shards=shards,
+    )  # fmt: skip
     clean = {"inputs": torch.randn(3, 4), "poison": torch.zeros(3)}
     poisoned = {"inputs": torch.randn(3, 4), "poison": torch.ones(3)}
     before = state.params["w"].detach().clone()
