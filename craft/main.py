@@ -32,7 +32,7 @@ from craft.errors import ConfigError, CraftError
 from craft.generate import SamplingConfig, generate_text
 from craft.inference import load_for_inference
 from craft.metrics import MetricsConfig, MetricsLogger, plot_run
-from craft.models.gpt import GPTConfig, param_count
+from craft.models import CONFIGS, MODELS
 from craft.runs import RunConfig, create_run_dir, write_effective_config
 from craft.samples import SampleHook
 from craft.train.config import TrainConfig
@@ -148,10 +148,9 @@ class Commands:
         """Print the effective configuration as gin text and the model size; runs nothing."""
         configs = self._configs()
         print(config.to_gin(configs.values()), end="")
-        model, data, tok = (configs[c.__name__] for c in (GPTConfig, DataConfig, TokenizerConfig))
-        assert isinstance(model, GPTConfig) and isinstance(data, DataConfig)
-        assert isinstance(tok, TokenizerConfig)
-        print(_model_size(model, data, tok))
+        name = _get(configs, TrainConfig).model
+        model = configs[CONFIGS[name].__name__]
+        print(_model_size(name, model, _get(configs, DataConfig), _get(configs, TokenizerConfig)))
 
     def fetch(self, source: str = "got", data_dir: str | None = None) -> None:
         """Download a named corpus (cached). Sources: got (Game of Thrones season 1 scripts)."""
@@ -239,19 +238,21 @@ class Commands:
         return config.build_all()
 
 
-def _model_size(model: GPTConfig, data: DataConfig, tok: TokenizerConfig) -> str:
-    """`# GPT: N parameters`, with the vocab from the config or an already prepared dataset."""
-    vocab = model.vocab_size
+def _model_size(name: str, model: BaseModel, data: DataConfig, tok: TokenizerConfig) -> str:
+    """`# GPT: N parameters` (or RNN: the model TrainConfig picks), with the vocab from the
+    config or an already prepared dataset."""
+    param_count = MODELS[name].param_count
+    vocab = getattr(model, "vocab_size", None)
     prepared = default_prepared_dir(data, tok) / "meta.json"
     if vocab is None and prepared.is_file():
         vocab = int(json.loads(prepared.read_text())["vocab_size"])
     if vocab is not None:
         count = param_count(model.model_copy(update={"vocab_size": vocab}))
-        return f"# GPT: {count:,} parameters (vocab {vocab:,})"
+        return f"# {name.upper()}: {count:,} parameters (vocab {vocab:,})"
     one = param_count(model.model_copy(update={"vocab_size": 1}))
     per_entry = param_count(model.model_copy(update={"vocab_size": 2})) - one
     return (
-        f"# GPT: {one - per_entry:,} parameters + {per_entry:,} per vocabulary entry "
+        f"# {name.upper()}: {one - per_entry:,} parameters + {per_entry:,} per vocabulary entry "
         "(the vocab comes from the dataset once it is prepared)"
     )
 

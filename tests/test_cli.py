@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from craft.models import gpt, rnn
 from tests.conftest import REPO, CliRunner
 
 TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}.\n" for i in range(300))
@@ -63,6 +64,19 @@ def test_show_config_prints_the_effective_config(run_cli: CliRunner, tmp_path: P
     assert "DataConfig.tokenizer = 'char'" in result.stdout
     assert "TokenizerConfig.vocab_size = 512" in result.stdout
     assert "RunConfig.name = 'got_char'" in result.stdout
+
+
+def test_show_config_counts_the_chosen_model(run_cli: CliRunner) -> None:
+    """The count follows TrainConfig.model (the defaults of each model's config here)."""
+    gpt_size = run_cli("show_config", "--gin.GPTConfig.vocab_size=76", cwd=REPO)
+    expected = gpt.param_count(gpt.GPTConfig(vocab_size=76))
+    assert gpt_size.stdout.splitlines()[-1] == f"# GPT: {expected:,} parameters (vocab 76)"
+    rnn_size = run_cli(
+        "show_config", "--gin.TrainConfig.model=rnn", "--gin.RNNConfig.vocab_size=76", cwd=REPO
+    )
+    assert rnn_size.returncode == 0, rnn_size.stderr
+    expected = rnn.param_count(rnn.RNNConfig(vocab_size=76))
+    assert rnn_size.stdout.splitlines()[-1] == f"# RNN: {expected:,} parameters (vocab 76)"
 
 
 @pytest.mark.parametrize(
