@@ -69,6 +69,11 @@ def init(world: World, *, timeout_s: float = 300.0) -> None:
     )
 
 
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def world_size() -> int:
     """How many processes train together (1 without a process group)."""
     return dist.get_world_size() if dist.is_initialized() else 1

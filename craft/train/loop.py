@@ -13,6 +13,7 @@ import importlib.metadata
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,8 @@ def fit(
     """Train, evaluate, checkpoint and call the hooks; returns the run's summary.
 
     Under torchrun (`world` of several ranks) every rank trains on its slice of each global
-    batch and applies the same summed update; only rank 0 writes files and calls hooks.
+    batch and applies the same summed update; only rank 0 writes files and calls hooks (every
+    rank runs the checkpointer, which gathers a sharded optimizer state; rank 0 writes it).
     """
     train = setup.train
     world = world or distributed.World()
@@ -124,6 +126,8 @@ def fit(
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
     shards = None
+    if train.shard_optimizer and world.size == 1:
+        warnings.warn("TrainConfig.shard_optimizer has no effect in a single process", stacklevel=2)
     if train.shard_optimizer and world.size > 1:
         shards = OptimizerShards(state.params, world.rank, world.size)
         state = shards.shard_state(state)
@@ -247,7 +251,8 @@ def fit(
 
 class Checkpointer(Hook):
     """Saves every `every` steps (after that step's evaluation), keeps the newest `keep` and the
-    best by val loss. The loop also calls `save` at the end and on Ctrl-C."""
+    best by val loss. The loop also calls `save` at the end, and on Ctrl-C unless the optimizer
+    state is sharded (gathering it needs every rank at the same point)."""
 
     def __init__(
         self,
@@ -283,8 +288,8 @@ class Checkpointer(Hook):
         state: TrainState = run.read_state()
         if self.whole is not None:
             state = self.whole(state)
-        self.last_saved = step
         if not self.writes:
+            self.last_saved = step
             return None
         meta = {
             "step": step,
@@ -299,7 +304,7 @@ class Checkpointer(Hook):
         directory = run.run_dir / "checkpoints"
         path = checkpoint.save(directory, state._asdict(), step, meta)
         checkpoint.prune(directory, self.keep)
-        self.last_path = path
+        self.last_saved, self.last_path = step, path
         for hook in self.listeners:
             hook.on_checkpoint(run, step, path)
         return path

@@ -137,7 +137,9 @@ class OptimizerShards:
         return state._replace(opt_state=self._map_sliced(state.opt_state, state.params, "shard"))
 
     def full_state(self, state: TrainState) -> TrainState:
-        """The whole state (a collective: every rank must call it), as checkpoints hold it."""
+        """The whole state, as checkpoints hold it (a collective: every rank must call it). The
+        gathered optimizer state is moved to the CPU entry by entry, so the device holds one
+        whole entry (one params-sized buffer) at a time, never the whole optimizer state."""
         return state._replace(opt_state=self._map_sliced(state.opt_state, state.params, "gather"))
 
     def _map_sliced(self, opt_state: OptState, params: Params, how: str) -> OptState:
@@ -151,7 +153,8 @@ class OptimizerShards:
             if how == "shard" and structure == params_structure:
                 out[key] = tree.tree_map(torch.clone, self.own(value))
             elif how == "gather" and structure == owned_structure:
-                out[key] = tree.unflatten(params_structure, self.gather(value))
+                whole = [part.cpu() for part in self.gather(value)]
+                out[key] = tree.unflatten(params_structure, whole)
             else:
                 out[key] = value
         return out

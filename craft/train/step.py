@@ -45,7 +45,7 @@ def make_train_step(
     growth_interval: int = GROWTH_INTERVAL,
     grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
     shards: OptimizerShards | None = None,
-    rank: int = 0,
+    rank: int | None = None,
 ) -> StepFn:
     """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"tokens": n, ...})`.
 
@@ -68,9 +68,10 @@ def make_train_step(
       gradients are reduce-scattered, each rank updates its slice of the params, and the params
       are all-gathered. The state's `opt_state` must be this rank's slice
       (`shards.shard_state` / `shards.init`). Takes the place of `grad_sync`.
-    - rank: under data parallel, this process's rank. Its rows of the global batch start at
-      `rank x local batch`, and each row's dropout key follows its global row, so the masks do
-      not depend on how the batch is split over ranks and micro-batches.
+    - rank: under data parallel, this process's rank (default: the process group's, or 0).
+      Its rows of the global batch start at `rank x local batch`, and each row's dropout key
+      follows its global row, so the masks do not depend on how the batch is split over ranks
+      and micro-batches.
 
     The state given to `step` is consumed: params and optimizer state are updated in place.
     """
@@ -88,6 +89,9 @@ def make_train_step(
             f"compile_mode={compile_mode!r} replays CUDA graphs, which needs accum_steps=1 "
             f"(got {accum_steps}): a replay reuses the previous micro-batch's gradient memory"
         )
+    rank = distributed.rank() if rank is None else rank
+    if shards is not None and shards.rank != rank:
+        raise ValueError(f"shards were planned for rank {shards.rank}, but this is rank {rank}")
     if shards is not None and grad_sync is not None:
         raise ValueError("give grad_sync or shards, not both: shards does its own reduction")
     autocast_dtype = _AUTOCAST.get(precision)
@@ -158,17 +162,15 @@ def make_train_step(
         unscale_c = maybe_compile(unscale_slice, **safe)
         apply_update_c = maybe_compile(apply_update_slice, **safe)
 
-    static: dict[str, int] = {}
-
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if graphs:
-            _mark_static(state, static)
+            _mark_static(state)
             torch.compiler.cudagraph_mark_step_begin()
         micros = _split(batch, accum_steps)
         step_key = fold_in(state.rng, state.step)
         scale = state.loss_scale["scale"]
-        rows = torch.arange(len(micros[0]["inputs"]), device=step_key.device)
-        first_row = rank * len(batch["inputs"])
+        rows = torch.arange(_rows(micros[0]), device=step_key.device)
+        first_row = rank * _rows(batch)
         loss_sums, token_counts = [], []
         for index, micro in enumerate(micros):
             # One key per row of the global batch: dropout masks follow the data, not the split.
@@ -204,8 +206,9 @@ def make_train_step(
             state.step.add_(1)
         metrics = {
             "loss": loss_sum / tokens.clamp(min=1),
-            "lr": lr,
-            "grad_norm": norm,
+            # In graph mode the update's outputs live in memory its next replay overwrites.
+            "lr": lr.clone() if graphs else lr,
+            "grad_norm": norm.clone() if graphs else norm,
             "tokens": tokens,
             "skipped": skipped,
             "loss_scale": state.loss_scale["scale"].clone(),
@@ -261,23 +264,21 @@ def _sharded_update(
     local = shards.scatter_sum(grad_list)
     distributed.all_reduce_sum([loss_sum, tokens])
     norm = shards.global_norm(unscale(local, tokens, state.loss_scale["scale"]))
-    not_skipped = torch.zeros((), dtype=torch.int64)
     if growth_interval is not None and not _fp16_scale_allows(state, norm, growth_interval):
         return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
     lr = apply_update(state._replace(params=shards.own(state.params)), shards.split(local), norm)
     shards.gather_params(state.params)
-    return norm, lr, not_skipped
+    return norm, lr, torch.zeros((), dtype=torch.int64)
 
 
-def _mark_static(state: TrainState, marked: dict[str, int]) -> None:
+def _mark_static(state: TrainState) -> None:
     """Tell the compiler that params and optimizer state keep their addresses (they are updated
     in place), so CUDA graphs read them where they are instead of copying them in each replay.
-    Once per state: a new one (a restored checkpoint) is marked again."""
-    if marked.get("state") == id(state.params):
-        return
+    Tensors of a new state (a restored checkpoint) are marked when they first come."""
     for tensor in tree.leaves((state.params, state.opt_state)):
-        torch._dynamo.mark_static_address(tensor)
-    marked["state"] = id(state.params)
+        # The attribute mark_static_address sets: checking it costs far less than marking.
+        if getattr(tensor, "_dynamo_static_input_type", None) is None:
+            torch._dynamo.mark_static_address(tensor)
 
 
 def _grad(param: torch.Tensor) -> torch.Tensor:
@@ -285,8 +286,12 @@ def _grad(param: torch.Tensor) -> torch.Tensor:
     return param.grad if param.grad is not None else torch.zeros_like(param)
 
 
+def _rows(batch: Batch) -> int:
+    return next(iter(batch.values())).shape[0]
+
+
 def _split(batch: Batch, parts: int) -> list[Batch]:
-    size = next(iter(batch.values())).shape[0]
+    size = _rows(batch)
     if size % parts:
         raise ValueError(f"batch size {size} is not divisible by accum_steps={parts}")
     chunks = {name: value.chunk(parts) for name, value in batch.items()}
