@@ -4,7 +4,8 @@ Baseline: `craft.generate.generate_recompute`, a full `gpt.apply` over the conte
 (the same context policy as the cache, so greedy decoding gives the same ids, which each row
 reports). Contenders: the cached decode loop, eager and with its one-token step compiled (on a
 GPU also replayed as a CUDA graph). Batch 1, greedy, a short random prompt; all in one process,
-timed in alternating rounds (median), so machine noise hits every implementation alike. Compilation happens in the warm-up call.
+timed in alternating rounds (median), so machine noise hits every implementation alike.
+Compilation happens in the warm-up call.
 
 Run: .venv/bin/python benchmarks/generate.py [--device=cpu|cuda] [--config=1m-char|10m-char|gpt2]
 Prints JSON lines and a table: ms/token, tokens/s and the speedup over recomputation.
