@@ -153,6 +153,11 @@ def resolve(spec: str | Path, directory: Path | None = None) -> Path:
         return candidates[-1]
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"{path} is not a checkpoint: give a step-*.safetensors file or a run folder "
+            "(its newest checkpoint is used)"
+        )
     return path
 
 

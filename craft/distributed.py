@@ -148,3 +148,15 @@ def _reduce_bucket(bucket: list[torch.Tensor]) -> None:
     for tensor in bucket:
         tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
         offset += tensor.numel()
+
+
+def backend() -> str:
+    """The process group's backend (gloo, nccl), or "none" in a single process."""
+    return str(dist.get_backend()) if dist.is_initialized() else "none"
+
+
+def shutdown() -> None:
+    """Leave the process group. A process that exits without it sometimes aborts in gloo's
+    destructor ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

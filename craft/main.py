@@ -16,29 +16,23 @@ from typing import Any
 import fire
 from pydantic import BaseModel
 
-from craft import config
-from craft.checkpoint import list_checkpoints
+from craft import config, launch
 from craft.checkpoint import resolve as resolve_checkpoint
 from craft.config import ModelT
 from craft.data.config import DataConfig, TokenizerConfig
-from craft.data.prepare import PreparedData, default_prepared_dir, open_split, prepare
-from craft.data.sources import SOURCES, resolve_source
-from craft.data.sources.got import fetch_got
+from craft.data.prepare import default_prepared_dir, prepare
+from craft.data.sources import fetch as fetch_source
+from craft.data.sources import resolve_source
 from craft.data.text import read_text
 from craft.data.tokenizers import SentencePieceTokenizer
-from craft.distributed import barrier, world_from_env
-from craft.distributed import init as init_distributed
 from craft.errors import ConfigError, CraftError
 from craft.generate import SamplingConfig, generate_text
 from craft.inference import load_for_inference
-from craft.metrics import MetricsConfig, MetricsLogger, plot_run
-from craft.models import CONFIGS, MODELS
-from craft.runs import RunConfig, create_run_dir, write_effective_config
-from craft.samples import SampleHook
+from craft.models import model_spec
+from craft.tasks.lm import report
+from craft.tracking import plot_run
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
-from craft.train.hooks import Hook
-from craft.train.loop import fit, make_setup
 
 
 class Commands:
@@ -55,57 +49,35 @@ class Commands:
         self.exit_code = 0
 
     def run(self, resume: str | None = None) -> None:
-        """Train what the gin files configure: data, model, checkpoints, metrics, samples.
+        """Train what the gin files configure (RunConfig.task: lm, classify): data, model,
+        checkpoints, metrics, previews.
 
         --resume=latest continues this experiment's newest run; --resume=PATH continues from a
         checkpoint file or run folder. The run goes on in the folder it came from.
         """
-        configs = self._configs()
-        run_cfg, data_cfg, tok_cfg = (
-            _get(configs, RunConfig), _get(configs, DataConfig), _get(configs, TokenizerConfig)
-        )  # fmt: skip
-        world = world_from_env()
-        checkpoint_path = _resume_from(resume, run_cfg) if resume else None
-        init_distributed(world, timeout_s=_get(configs, TrainConfig).dist_timeout_s)
-        # Rank 0 fetches and prepares the data; the others then find it cached.
-        prepared = _prepare(data_cfg, tok_cfg) if world.main else None
-        barrier()
-        prepared = prepared or _prepare(data_cfg, tok_cfg)
-        setup = make_setup(configs, prepared, seed=run_cfg.seed)
-        if checkpoint_path is not None:
-            run_dir = checkpoint_path.parent.parent
-        elif world.main:
-            run_dir = create_run_dir(run_cfg)
-        else:  # other ranks write nothing: a name for messages only
-            run_dir = Path(run_cfg.output_dir) / run_cfg.name / f"rank-{world.rank}"
-        hooks: list[Hook] = []
-        if world.main:
-            _report(prepared)
-            write_effective_config(run_dir, configs.values())
-            metrics = MetricsLogger(_get(configs, MetricsConfig))
-            hooks = [SampleHook(metrics), metrics]  # samples reach W&B before it closes
-        summary = fit(setup, run_dir, hooks=hooks, resume=checkpoint_path, world=world)
-        if world.main:
-            _print_summary(summary)
+        summary = launch.train(self._configs(), resume)
         if summary["status"] == "interrupted":
             self.exit_code = 130  # like a shell's Ctrl-C, after a clean save
 
     train = run
 
-    def evaluate(self, checkpoint: str, split: str = "val") -> None:
-        """Loss, perplexity and bits per token (and per character) over a whole split."""
+    def evaluate(
+        self, checkpoint: str, split: str = "val", data_dir: str | None = None,
+        batch_size: int = 64,
+    ) -> None:  # fmt: skip
+        """The task's metrics over a whole split, as JSON (lm: loss, perplexity, bits per token
+        and character; classify: loss, accuracy).
+
+        --checkpoint: a checkpoint file or a run folder (its newest checkpoint); --split:
+        train, val or test; --data_dir: where the data lives (default: data/).
+        """
+        if batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
         path = resolve_checkpoint(checkpoint)
         loaded = load_for_inference(path)
-        configs = loaded.meta["configs"]
-        data_cfg = DataConfig.model_validate(configs["DataConfig"])
-        tok_cfg = TokenizerConfig.model_validate(configs["TokenizerConfig"])
-        directory = default_prepared_dir(data_cfg, tok_cfg)
-        tokens = open_split(directory, split)
-        results = evaluate(
-            loaded.loss_fn, loaded.params, tokens, block_size=data_cfg.block_size,
-            batch_size=64, chars=len(loaded.tokenizer.decode(tokens)),
-        )  # fmt: skip
-        print(json.dumps({"checkpoint": str(path), "split": split, **results}))
+        task = loaded.task(data_dir)
+        results = evaluate(task, loaded.loss_fn(task), loaded.params, split, batch_size=batch_size)
+        print(json.dumps({"checkpoint": str(path), "task": task.name, "split": split, **results}))
 
     def generate(
         self,
@@ -128,13 +100,14 @@ class Commands:
             raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
         prompt = str(prompt)  # fire reads --prompt=42 as a number
         loaded = load_for_inference(resolve_checkpoint(checkpoint))
-        loaded.tokenizer.encode(prompt)  # a prompt the vocabulary lacks fails before any output
+        tokenizer = loaded.tokenizer()
+        tokenizer.encode(prompt)  # a prompt the vocabulary lacks fails before any output
         for index in range(num_samples):
             if num_samples > 1:
                 print(f"--- sample {index + 1} ---")
             sys.stdout.write(prompt)
             generate_text(
-                loaded.model_name, loaded.params, loaded.model_cfg, loaded.tokenizer, prompt,
+                loaded.model_name, loaded.params, loaded.model_cfg, tokenizer, prompt,
                 sampling.model_copy(update={"seed": seed + index}), stream=sys.stdout,
                 compile=compile,
             )  # fmt: skip
@@ -148,19 +121,13 @@ class Commands:
         """Print the effective configuration as gin text and the model size; runs nothing."""
         configs = self._configs()
         print(config.to_gin(configs.values()), end="")
-        name = _get(configs, TrainConfig).model
-        model = configs[CONFIGS[name].__name__]
-        print(_model_size(name, model, _get(configs, DataConfig), _get(configs, TokenizerConfig)))
+        print(_model_size(configs))
 
     def fetch(self, source: str = "got", data_dir: str | None = None) -> None:
-        """Download a named corpus (cached). Sources: got (Game of Thrones season 1 scripts)."""
-        if source not in SOURCES:
-            raise ConfigError(f"unknown source '{source}': expected one of {', '.join(SOURCES)}")
+        """Download a named source (cached, verified): got (Game of Thrones season 1 scripts),
+        mnist (the MNIST digits)."""
         data_cfg = config.build(DataConfig, {"data_dir": data_dir})
-        scripts = fetch_got(Path(data_cfg.data_dir))
-        state = "downloaded" if scripts.downloaded else "cached"
-        size, episodes = scripts.season.stat().st_size, len(scripts.episodes)
-        print(f"{source}: {scripts.season} ({size:,} bytes, {episodes} episodes, {state})")
+        print(fetch_source(str(source), Path(data_cfg.data_dir)))
 
     def prepare(
         self,
@@ -171,7 +138,7 @@ class Commands:
         split_ratios: tuple[float, float, float] | None = None,
         vocab_size: int | None = None,
         model_type: str | None = None,
-        block_size: int | None = None,
+        window: int | None = None,
         errors: str | None = None,
     ) -> None:
         """Tokenize a text into train.bin, val.bin, test.bin and meta.json (cached).
@@ -187,7 +154,7 @@ class Commands:
                 "tokenizer": type,
                 "tokenizer_file": tokenizer,
                 "split_ratios": split_ratios,
-                "block_size": block_size,
+                "window": window,
                 "errors": errors,
             },
             flag_names={
@@ -200,7 +167,7 @@ class Commands:
         tok_cfg = config.build(
             TokenizerConfig, {"vocab_size": vocab_size, "model_type": model_type}
         )
-        _report(_prepare(data_cfg, tok_cfg))
+        print(report(_prepare(data_cfg, tok_cfg)))
 
     def train_tokenizer(
         self,
@@ -238,22 +205,30 @@ class Commands:
         return config.build_all()
 
 
-def _model_size(name: str, model: BaseModel, data: DataConfig, tok: TokenizerConfig) -> str:
-    """`# GPT: N parameters` (or RNN: the model TrainConfig picks), with the vocab from the
-    config or an already prepared dataset."""
-    param_count = MODELS[name].param_count
-    vocab = getattr(model, "vocab_size", None)
-    prepared = default_prepared_dir(data, tok) / "meta.json"
-    if vocab is None and prepared.is_file():
-        vocab = int(json.loads(prepared.read_text())["vocab_size"])
-    if vocab is not None:
-        count = param_count(model.model_copy(update={"vocab_size": vocab}))
-        return f"# {name.upper()}: {count:,} parameters (vocab {vocab:,})"
-    one = param_count(model.model_copy(update={"vocab_size": 1}))
-    per_entry = param_count(model.model_copy(update={"vocab_size": 2})) - one
+def _model_size(configs: dict[str, BaseModel]) -> str:
+    """`# GPT: N parameters` for the model TrainConfig picks, with the data's fields (vocab
+    size, classes) from the config or, when unset, per entry."""
+    spec = model_spec(_get(configs, TrainConfig).model)
+    model = configs[spec.config.__name__]
+    label = spec.name.upper()
+    missing = [name for name in spec.data_fields if getattr(model, name) is None]
+    if spec.data_fields == ("vocab_size",) and missing:
+        prepared = default_prepared_dir(_get(configs, DataConfig), _get(configs, TokenizerConfig))
+        if (prepared / "meta.json").is_file():
+            vocab = int(json.loads((prepared / "meta.json").read_text())["vocab_size"])
+            model = model.model_copy(update={"vocab_size": vocab})
+            missing = []
+    if not missing:
+        filled = ", ".join(f"{name} {getattr(model, name):,}" for name in spec.data_fields)
+        return f"# {label}: {spec.param_count(model):,} parameters" + (
+            f" ({filled})" if filled else ""
+        )
+    field = missing[0]
+    one = spec.param_count(model.model_copy(update={field: 1}))
+    per_entry = spec.param_count(model.model_copy(update={field: 2})) - one
     return (
-        f"# {name.upper()}: {one - per_entry:,} parameters + {per_entry:,} per vocabulary entry "
-        "(the vocab comes from the dataset once it is prepared)"
+        f"# {label}: {one - per_entry:,} parameters + {per_entry:,} per {field.removesuffix('_size')} "
+        "entry (it comes from the dataset once it is prepared)"
     )
 
 
@@ -267,50 +242,6 @@ def _get(configs: dict[str, BaseModel], kind: type[ModelT]) -> ModelT:
     found = configs[kind.__name__]
     assert isinstance(found, kind)
     return found
-
-
-def _resume_from(spec: str, run_cfg: RunConfig) -> Path:
-    """The checkpoint to resume: `latest` is the newest in this experiment's newest run."""
-    if spec != "latest":
-        return resolve_checkpoint(spec)
-    runs = sorted((Path(run_cfg.output_dir) / run_cfg.name).glob("*/*/checkpoints"))
-    for checkpoints in reversed(runs):
-        if list_checkpoints(checkpoints):
-            return resolve_checkpoint("latest", checkpoints)
-    raise ConfigError(
-        f"--resume=latest: no checkpoint under {Path(run_cfg.output_dir) / run_cfg.name}"
-    )
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    lines = [
-        f"status: {summary['status']} after {summary['steps']} steps "
-        f"({summary['tokens']:,} tokens in {summary['seconds']:.1f} s)",
-    ]
-    if summary.get("val_loss") is not None:
-        lines.append(
-            f"val loss {summary['val_loss']:.4f}, perplexity {summary['val_perplexity']:.2f}"
-            + (
-                f", bits/char {summary['val_bits_per_char']:.3f}"
-                if "val_bits_per_char" in summary
-                else ""
-            )
-        )
-    if summary.get("best_val_loss") is not None:
-        lines.append(f"best val loss {summary['best_val_loss']:.4f}")
-    lines.append(f"checkpoint: {summary['checkpoint']}")
-    lines.append(f"run folder: {summary['run_dir']}")
-    print("\n".join(lines))
-
-
-def _report(prepared: PreparedData) -> None:
-    meta = prepared.meta
-    tokens = ", ".join(f"{name} {count:,}" for name, count in meta["tokens"].items())
-    state = "cached" if prepared.cached else "prepared"
-    print(
-        f"{prepared.directory}: {state}; {meta['tokenizer']['kind']} tokenizer, "
-        f"vocab {meta['vocab_size']:,}; tokens: {tokens}"
-    )
 
 
 def _check_flags(args: Sequence[str]) -> None:

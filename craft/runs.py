@@ -6,7 +6,9 @@ import datetime as dt
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+import difflib
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from craft import config
 from craft.config import configurable
@@ -20,8 +22,21 @@ class RunConfig(BaseModel):
 
     name: str = Field("craft", min_length=1, pattern=r"^[\w.-]+$")
     """The experiment name: a folder name (letters, digits, '_', '-', '.')."""
+    task: str = "lm"
+    """What kind of training: a registered task (craft.tasks.TASKS: lm, classify)."""
     output_dir: str = "outputs/experiments"
     seed: int = Field(0, ge=0)
+
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, name: str) -> str:
+        from craft.tasks import TASKS  # tasks sit above this module: looked up when validating
+
+        if name not in TASKS:
+            close = difflib.get_close_matches(name, list(TASKS), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"{name!r} is not a registered task ({', '.join(TASKS)}){hint}")
+        return name
 
 
 def create_run_dir(run: RunConfig, now: dt.datetime | None = None) -> Path:

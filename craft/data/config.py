@@ -36,8 +36,9 @@ class DataConfig(BaseModel):
     """An existing tokenizer (.json char, .model SentencePiece) to use instead of training one."""
     split_ratios: SplitRatios = (0.9, 0.05, 0.05)
     """Train, val, test: contiguous slices of the text, in file order."""
-    block_size: int = Field(256, gt=0)
-    """Tokens per training example; every non-empty split must hold at least one block."""
+    window: int | None = Field(None, gt=0)
+    """Tokens per training example; None: the model's longest context (GPTConfig.block_size).
+    Every non-empty split must hold at least one window plus its last target."""
     errors: Literal["strict", "replace"] = "strict"
     """What to do with bytes that are not UTF-8: fail, or replace them with U+FFFD."""
     prepared_dir: str | None = None
@@ -53,3 +54,20 @@ class TokenizerConfig(BaseModel):
     vocab_size: int = Field(2048, gt=0)
     model_type: Literal["bpe", "unigram"] = "bpe"
     character_coverage: float = Field(1.0, gt=0, le=1)
+
+
+@configurable
+class ImageDataConfig(BaseModel):
+    """A labelled image dataset (classification) and its augmentation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    source: Literal["mnist"] = "mnist"
+    """A named image source (`python -m craft.main fetch mnist`)."""
+    data_dir: str = "data"
+    """Downloads and prepared arrays live under this folder."""
+    val_size: int = Field(5000, ge=1)
+    """The last val_size training images are the val split; test stays held out."""
+    max_shift: int = Field(0, ge=0, le=8)
+    """Augmentation: each training image moves by up to this many pixels along each axis
+    (zero fill), drawn from (seed, step) like the batch itself."""

@@ -72,14 +72,17 @@ def prepare(
     fingerprint = _fingerprint(input_sha, data, tokenizer)
     cached = _load_if_current(output_dir, fingerprint)
     if cached is not None:
-        _check_blocks_fit(cached["tokens"], data, input_path)
+        if data.window:
+            check_windows_fit(cached["tokens"], data.window, data.split_ratios, input_path)
         return PreparedData(output_dir, cached, cached=True)
 
     parts = split_text(text, data.split_ratios)
     tok = _make_tokenizer(text, parts[0], data, tokenizer)
     dtype = token_dtype(tok.vocab_size)
     encoded = {name: tok.encode(part) for name, part in zip(SPLITS, parts, strict=True)}
-    _check_blocks_fit({name: len(ids) for name, ids in encoded.items()}, data, input_path)
+    if data.window:
+        counts = {name: len(ids) for name, ids in encoded.items()}
+        check_windows_fit(counts, data.window, data.split_ratios, input_path)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_file = f"tokenizer{type(tok).suffix}"
@@ -107,14 +110,14 @@ def prepare(
     return PreparedData(output_dir, meta, cached=False)
 
 
-def _check_blocks_fit(tokens: dict[str, int], data: DataConfig, input_path: Path) -> None:
-    """Every split with a non-zero ratio must hold one block plus its last target token."""
-    for (name, count), ratio in zip(tokens.items(), data.split_ratios, strict=True):
-        if ratio > 0 and count < data.block_size + 1:
+def check_windows_fit(tokens: dict[str, int], window: int, ratios: Any, source: Any) -> None:
+    """Every split with a non-zero ratio must hold one window plus its last target token."""
+    for (name, count), ratio in zip(tokens.items(), ratios, strict=True):
+        if ratio > 0 and count < window + 1:
             raise DataError(
-                f"the {name} split of {input_path} has {count} tokens, fewer than one block "
-                f"(block_size={data.block_size}, plus one target token); use more text, a larger "
-                f"{name} ratio or a smaller block_size"
+                f"the {name} split of {source} has {count} tokens, fewer than one window "
+                f"(window={window}, plus one target token); use more text, a larger "
+                f"{name} ratio or a smaller DataConfig.window"
             )
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
 from craft.config import configurable
+from craft.models.spec import ModelSpec
 from craft.nn import (
     cached_self_attention,
     causal_self_attention,
@@ -245,3 +246,22 @@ def _dropout_keys(rng: torch.Tensor | None, cfg: GPTConfig) -> torch.Tensor | No
         return None
     sites = torch.arange(1 + 2 * cfg.n_layer, device=rng.device)
     return fold_in(rng, sites.view(-1, *[1] * rng.ndim))
+
+
+def flops_per_example(cfg: GPTConfig, shape: tuple[int, ...]) -> float:
+    """Training FLOPs for one sequence of `shape = (T,)`: 6N + 12·L·d·T per token."""
+    (length,) = shape
+    return float(length * (6 * param_count(cfg) + 12 * cfg.n_layer * cfg.n_embd * length))
+
+
+SPEC = ModelSpec(
+    name="gpt",
+    config=GPTConfig,
+    init=init,
+    apply=apply,
+    param_count=param_count,
+    inputs="tokens",
+    flops_per_example=flops_per_example,
+    data_fields=("vocab_size",),
+    context=lambda cfg: cfg.block_size,
+)

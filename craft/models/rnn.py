@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from craft.config import configurable
+from craft.models.spec import ModelSpec
 from craft.nn import (
     dropout,
     embedding,
@@ -140,3 +141,14 @@ def _cell(
     i, f, g, o = (gx + gh).chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
+
+
+SPEC = ModelSpec(
+    name="rnn",
+    config=RNNConfig,
+    init=init,
+    apply=apply,
+    param_count=param_count,
+    inputs="tokens",
+    data_fields=("vocab_size",),
+)

@@ -7,6 +7,15 @@ from craft.nn.attention import (
     init_attention,
     rotary_tables,
 )
+from craft.nn.conv import (
+    avg_pool2d,
+    conv2d,
+    global_avg_pool,
+    group_norm,
+    init_conv2d,
+    init_group_norm,
+    max_pool2d,
+)
 from craft.nn.layers import (
     dropout,
     embedding,
@@ -25,13 +34,19 @@ from craft.nn.random import fold_in, key, uniform
 
 __all__ = [
     "apply_rotary",
+    "avg_pool2d",
     "cached_self_attention",
     "causal_self_attention",
+    "conv2d",
     "dropout",
     "embedding",
     "fold_in",
+    "global_avg_pool",
+    "group_norm",
     "init_attention",
+    "init_conv2d",
     "init_embedding",
+    "init_group_norm",
     "init_layer_norm",
     "init_linear",
     "init_mlp",
@@ -39,6 +54,7 @@ __all__ = [
     "key",
     "layer_norm",
     "linear",
+    "max_pool2d",
     "mlp",
     "next_token_loss",
     "rms_norm",

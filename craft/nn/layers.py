@@ -83,8 +83,9 @@ def dropout(x: torch.Tensor, rate: float, key: torch.Tensor | None) -> torch.Ten
 def next_token_loss(
     logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean cross-entropy over targets >= 0 (-1 marks padding); aux holds the token count."""
+    """Mean cross-entropy over targets >= 0 (-1 marks padding); aux["weight"] holds the count
+    of scored tokens."""
     value = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1
     )
-    return value, {"tokens": (targets >= 0).sum()}
+    return value, {"weight": (targets >= 0).sum()}

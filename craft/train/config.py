@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import difflib
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from craft.config import configurable
+from craft.models import MODELS
 from craft.train.step import CompileMode
 
 
@@ -16,8 +19,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    model: Literal["gpt", "rnn"] = "gpt"
-    """Which model family: its shape comes from GPTConfig or RNNConfig."""
+    model: str = "gpt"
+    """A registered model (craft.models.MODELS: gpt, rnn, cnn, mlp); its shape comes from its
+    config (GPTConfig, CNNConfig, ...)."""
     optimizer: Literal["adamw", "sgd"] = "adamw"
     steps: int = Field(2000, gt=0)
     batch_size: int = Field(12, gt=0)
@@ -54,6 +58,17 @@ class TrainConfig(BaseModel):
     gradients are reduce-scattered and params all-gathered instead of one all-reduce."""
     hooks: list[str] = []
     """Extra hooks, as import paths of Hook classes: ['my_package.hooks.MyHook']."""
+
+    @field_validator("model")
+    @classmethod
+    def _registered_model(cls, name: str) -> str:
+        if name not in MODELS:
+            close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"{name!r} is not a registered model (registered: {', '.join(MODELS)}){hint}"
+            )
+        return name
 
     @model_validator(mode="after")
     def _accumulation_divides_batch(self) -> TrainConfig:

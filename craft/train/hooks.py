@@ -24,19 +24,16 @@ class RunInfo:
     start_step: int
     configs: dict[str, Any]
     """Effective configuration: {model name: {field: value}} as written to config.json."""
-    tokens_per_step: int
-    model_name: str = "gpt"
-    """Which model family: 'gpt' or 'rnn'."""
+    model_name: str = ""
+    """The registered model (craft.models.MODELS)."""
     model_config: Any = None
-    """The model's validated config (GPTConfig or RNNConfig), vocab size filled in."""
-    tokenizer: Any = None
-    """The dataset's tokenizer (encode / decode)."""
+    """The model's validated config, data fields (vocab size, classes) filled in."""
+    task: Any = None
+    """The run's Task (craft.tasks.base.Task)."""
     read_state: Callable[[], Any] | None = None
-    """The current TrainState, for hooks that read params (sampling, checkpoints)."""
-    flops_per_token: float | None = None
-    peak_flops: float | None = None
+    """The current TrainState, for hooks that read params (previews, checkpoints)."""
     extras: dict[str, Any] = field(default_factory=dict)
-    """Shared objects between built-in hooks (e.g. the metrics logger); not a stable API."""
+    """Shared objects between built-in hooks (e.g. the trackers); not a stable API."""
 
 
 class Hook:
@@ -46,11 +43,12 @@ class Hook:
         """Before the first step (also on resume)."""
 
     def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
-        """After optimizer step `step` (1-based count of steps done); metrics are floats:
-        loss, lr, grad_norm, tokens, skipped, loss_scale, tokens_per_s, step_time_s."""
+        """After optimizer step `step` (1-based count of steps done); metrics are floats: loss,
+        lr, grad_norm, the weight in the task's unit (tokens, images) and its rate per second
+        (tokens_per_s), step_time_s, mfu where known, skipped and loss_scale in fp16."""
 
     def on_eval(self, run: RunInfo, step: int, results: dict[str, float]) -> None:
-        """After an evaluation: val_loss, val_perplexity, val_bits_per_token, ..."""
+        """After an evaluation: the task's metrics by split, `val/loss`, `val/accuracy`, ..."""
 
     def on_checkpoint(self, run: RunInfo, step: int, path: Path) -> None:
         """After a checkpoint is complete on disk at `path`."""

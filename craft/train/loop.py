@@ -23,19 +23,21 @@ import torch
 from pydantic import BaseModel
 
 from craft import checkpoint, distributed, tree
-from craft.data.datasets import train_batch
-from craft.data.prepare import PreparedData
-from craft.data.tokenizers import load_tokenizer
 from craft.devices import peak_flops
 from craft.errors import ConfigError, CraftError
-from craft.models import CONFIGS, MODELS, gpt
+from craft.models import model_spec
+from craft.models.spec import ModelSpec
 from craft.optim import SGD, AdamW, Optimizer, Schedule
+from craft.tasks.base import Task
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
 from craft.train.hooks import Hook, RunInfo
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
+
+RUN_CONFIGS = ("RunConfig", "TrainConfig", "MetricsConfig")
+"""Configs every run uses (besides the model's, the optimizer's, the schedule and the task's)."""
 
 
 class TrainingError(CraftError):
@@ -44,51 +46,37 @@ class TrainingError(CraftError):
 
 @dataclass(frozen=True)
 class Setup:
-    """Everything `fit` needs, validated: configs, model module, optimizer, data."""
+    """Everything `fit` needs, validated: the task, the model, optimizer, schedule, configs."""
 
     train: TrainConfig
-    model_name: str
-    model_cfg: Any  # GPTConfig | RNNConfig with vocab_size set
+    task: Task
+    spec: ModelSpec
+    model_cfg: Any  # the spec's config, data fields filled in
     optimizer: Optimizer
     schedule: Schedule
     seed: int
-    block_size: int
-    data: PreparedData
     configs: dict[str, BaseModel]
+    """The configs this run uses, as trained (the schedule's length filled in)."""
 
 
-def make_setup(configs: dict[str, BaseModel], data: PreparedData, seed: int) -> Setup:
-    """Fill the model's vocab from the dataset and check that the pieces fit together."""
+def make_setup(configs: dict[str, BaseModel], task: Task, seed: int) -> Setup:
+    """Pick the registered model, let the task fill and check its config, fill the schedule."""
     train = _pick(configs, TrainConfig)
-    block_size = int(_pick_name(configs, "DataConfig").block_size)
-    vocab = int(data.meta["vocab_size"])
-    model_cfg: Any = _pick(configs, CONFIGS[train.model])
-    given = getattr(model_cfg, "vocab_size", None)
-    if given is not None and given != vocab:
-        raise ConfigError(
-            f"{type(model_cfg).__name__}.vocab_size = {given}, but the dataset's vocabulary has "
-            f"{vocab} symbols; leave vocab_size unset to take it from the data"
-        )
-    model_cfg = model_cfg.model_copy(update={"vocab_size": vocab})
-    if train.model == "gpt" and block_size > model_cfg.block_size:
-        raise ConfigError(
-            f"DataConfig.block_size = {block_size} exceeds GPTConfig.block_size = "
-            f"{model_cfg.block_size}, the longest context the model accepts"
-        )
+    spec = model_spec(train.model)
+    task.check_model(spec)
+    model_cfg = task.fill_model_config(spec, _pick(configs, spec.config))
     optimizer: Optimizer = (
         _pick(configs, AdamW) if train.optimizer == "adamw" else _pick(configs, SGD)
     )
+    schedule = _pick(configs, Schedule).for_run(train.steps)
+    names = (*RUN_CONFIGS, type(optimizer).__name__, "Schedule", spec.config.__name__,
+             *task.config_names)  # fmt: skip
+    used = {name: configs[name] for name in names if name in configs}
+    used.update({"Schedule": schedule, spec.config.__name__: model_cfg})
     return Setup(
-        train=train,
-        model_name=train.model,
-        model_cfg=model_cfg,
-        optimizer=optimizer,
-        schedule=_pick(configs, Schedule),
-        seed=seed,
-        block_size=block_size,
-        data=data,
-        configs=configs,
-    )
+        train=train, task=task, spec=spec, model_cfg=model_cfg, optimizer=optimizer,
+        schedule=schedule, seed=seed, configs=used,
+    )  # fmt: skip
 
 
 def fit(
@@ -105,7 +93,7 @@ def fit(
     batch and applies the same summed update; only rank 0 writes files and calls hooks (every
     rank runs the checkpointer, which gathers a sharded optimizer state; rank 0 writes it).
     """
-    train = setup.train
+    train, task, spec = setup.train, setup.task, setup.spec
     world = world or distributed.World()
     if train.batch_size % (world.size * train.accum_steps):
         raise ConfigError(
@@ -115,14 +103,11 @@ def fit(
     device = _device(train.device, world.local_rank)
     if train.threads:
         torch.set_num_threads(train.threads)
-    module = MODELS[setup.model_name]
-    loss_fn = functools.partial(module.loss, cfg=setup.model_cfg)
+    loss_fn = functools.partial(task.loss, functools.partial(spec.apply, cfg=setup.model_cfg))
     checkpoints = run_dir / "checkpoints"
     # The whole state is built (and a checkpoint loaded) on the CPU; a sharded run moves only
     # its slice of the optimizer state to the device.
-    state = init_state(
-        module.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed
-    )
+    state = init_state(spec.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed)
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
     shards = None
@@ -134,8 +119,10 @@ def fit(
     state = to_device(state, device)
     start = int(state.step)
     if world.main:
+        print(_run_line(setup, device, world, tree.count(state.params)), flush=True)
         checkpoints.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(setup.data.tokenizer_path, checkpoints / setup.data.tokenizer_path.name)
+        for path in task.checkpoint_files():
+            shutil.copy2(path, checkpoints / path.name)
 
     step_fn = make_train_step(
         loss_fn, setup.optimizer, setup.schedule, precision=train.precision,
@@ -144,22 +131,22 @@ def fit(
         grad_sync=distributed.all_reduce_sum if world.size > 1 and shards is None else None,
         shards=shards, rank=world.rank,
     )  # fmt: skip
-    train_tokens, val_tokens = setup.data.split("train"), setup.data.split("val")
-    tokenizer = load_tokenizer(setup.data.tokenizer_path)
-    val_chars = len(tokenizer.decode(val_tokens)) if len(val_tokens) else None
     holder = {"state": state}
     run = RunInfo(
         run_dir=run_dir,
         total_steps=train.steps,
         start_step=start,
         configs={name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()},
-        tokens_per_step=train.batch_size * setup.block_size,
-        model_name=setup.model_name,
+        model_name=spec.name,
         model_config=setup.model_cfg,
-        tokenizer=tokenizer,
+        task=task,
         read_state=lambda: holder["state"],
-        flops_per_token=_flops_per_token(setup),
-        peak_flops=peak_flops(device),
+    )
+    # MFU counts this process's share of the work against this device's peak.
+    example_flops = spec.flops(setup.model_cfg, task.example_shape(spec, setup.model_cfg))
+    peak = peak_flops(device)
+    step_flops = (
+        example_flops * train.batch_size / world.size if example_flops and peak else None
     )
     checkpointer = Checkpointer(
         setup, train.checkpoint_every, train.keep_checkpoints, writes=world.main,
@@ -172,17 +159,19 @@ def fit(
     checkpointer.listeners = all_hooks if world.main else []
 
     def run_eval(step: int, whole: bool) -> dict[str, float]:
-        results = evaluate(
-            loss_fn, holder["state"].params, val_tokens, block_size=setup.block_size,
-            batch_size=train.eval_batch_size, device=device,
-            max_batches=None if whole else train.eval_batches, chars=val_chars,
-        )  # fmt: skip
-        named = {f"val_{key}": value for key, value in results.items()}
+        named: dict[str, float] = {}
+        for split in task.final_splits if whole else ("val",):
+            results = evaluate(
+                task, loss_fn, holder["state"].params, split, batch_size=train.eval_batch_size,
+                device=device, max_batches=None if whole else train.eval_batches,
+            )  # fmt: skip
+            named.update({f"{split}/{key}": value for key, value in results.items()})
         for hook in all_hooks:
             hook.on_eval(run, step, named)
         return named
 
     summary: dict[str, Any] = {"status": "running", "start_step": start, "run_dir": str(run_dir)}
+    final: dict[str, float] = {}
     started = time.perf_counter()
     step = start
     for hook in all_hooks:
@@ -190,13 +179,8 @@ def fit(
     try:
         while step < train.steps:
             tick = time.perf_counter()
-            batch = distributed.shard(
-                train_batch(
-                    train_tokens, block_size=setup.block_size, batch_size=train.batch_size,
-                    seed=setup.seed, step=step,
-                ),
-                world,
-            )  # fmt: skip
+            batch = task.train_batch(seed=setup.seed, step=step, size=train.batch_size)
+            batch = distributed.shard(batch, world)
             batch = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
             holder["state"], tensors = step_fn(holder["state"], batch)
             metrics = {name: float(value) for name, value in tensors.items()}
@@ -211,13 +195,17 @@ def fit(
                         else "No checkpoint was written."
                     )
                 )
-            elapsed = time.perf_counter() - tick
-            metrics.update(step_time_s=elapsed, tokens_per_s=metrics["tokens"] / max(elapsed, 1e-9))
+            elapsed = max(time.perf_counter() - tick, 1e-9)
+            weight = metrics.pop("weight")
+            metrics.update({task.unit: weight, f"{task.unit}_per_s": weight / elapsed})
+            metrics["step_time_s"] = elapsed
+            if step_flops is not None and peak:
+                metrics["mfu"] = step_flops / elapsed / peak
             last_step = step == train.steps
             if train.eval_every and step % train.eval_every == 0 and not last_step:
                 run_eval(step, whole=False)
             if last_step:
-                summary.update(run_eval(step, whole=True))
+                final = run_eval(step, whole=True)
             for hook in all_hooks:
                 hook.on_step_end(run, step, metrics)
         summary["status"] = "finished"
@@ -237,13 +225,12 @@ def fit(
     finally:
         summary.update(
             steps=step,
-            tokens=(step - start) * run.tokens_per_step,
+            examples=(step - start) * train.batch_size,
             seconds=round(time.perf_counter() - started, 2),
+            metrics=final,
             best_val_loss=checkpointer.best_val_loss,
             checkpoint=str(checkpointer.last_path) if checkpointer.last_path else None,
         )
-        if "val_loss" in summary:
-            summary["val_perplexity"] = math.exp(min(summary["val_loss"], 700.0))
         for hook in all_hooks:
             hook.on_end(run, summary)
     return summary
@@ -274,7 +261,7 @@ class Checkpointer(Hook):
         self.listeners: list[Hook] = []  # told on_checkpoint after each save
 
     def on_eval(self, run: RunInfo, step: int, results: dict[str, float]) -> None:
-        loss = results["val_loss"]
+        loss = results["val/loss"]
         self.val_loss[step] = loss
         if self.best_val_loss is None or loss < self.best_val_loss:
             self.best_val_loss = loss
@@ -295,10 +282,11 @@ class Checkpointer(Hook):
             "step": step,
             "data_position": step,
             "val_loss": self.val_loss.get(step),
-            "model": self.setup.model_name,
+            "task": self.setup.task.name,
+            "task_meta": self.setup.task.checkpoint_meta(),
+            "model": self.setup.spec.name,
             "model_config": self.setup.model_cfg.model_dump(mode="json"),
             "configs": run.configs,
-            "tokenizer": self.setup.data.tokenizer_path.name,
             "versions": {"torch": torch.__version__, "craft": importlib.metadata.version("craft")},
         }
         directory = run.run_dir / "checkpoints"
@@ -312,8 +300,7 @@ class Checkpointer(Hook):
 
 def _restore(path: Path, fresh: TrainState) -> TrainState:
     loaded, _ = checkpoint.load(path, like=fresh._asdict())
-    params = tree.tree_map(lambda p: p.requires_grad_(True), loaded["params"])
-    return TrainState(**{**loaded, "params": params})
+    return TrainState(**loaded)
 
 
 def _load_hook(path: str) -> Hook:
@@ -335,18 +322,20 @@ def _device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)  # one GPU per torchrun process
 
 
-def _flops_per_token(setup: Setup) -> float | None:
-    if setup.model_name != "gpt":
-        return None
-    cfg = setup.model_cfg
-    return float(6 * gpt.param_count(cfg) + 12 * cfg.n_layer * cfg.n_embd * setup.block_size)
+def _run_line(setup: Setup, device: torch.device, world: distributed.World, params: int) -> str:
+    """The run's first line: device, ranks and backend, task, model and its size."""
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    ranks = (
+        f"{world.size} ranks ({distributed.backend()})" if world.size > 1 else "1 process"
+    )
+    return (
+        f"craft: {device}{threads}, {ranks}; task {setup.task.name}; "
+        f"model {setup.spec.name}, {params:,} parameters"
+    )
 
 
 def _pick(configs: dict[str, BaseModel], kind: type[Any]) -> Any:
-    return _pick_name(configs, kind.__name__)
-
-
-def _pick_name(configs: dict[str, BaseModel], name: str) -> Any:
+    name = kind.__name__
     if name not in configs:
         raise ConfigError(f"the run needs {name}, which is not among the configs")
     return configs[name]

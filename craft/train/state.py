@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -25,8 +25,9 @@ class TrainState(NamedTuple):
 def init_state(
     params: Params, optimizer: Optimizer, *, seed: int = 0, init_loss_scale: float = 2.0**16
 ) -> TrainState:
-    """A fresh state around `params` (made fp32 leaves that track gradients)."""
-    params = tree.tree_map(lambda p: p.detach().float().requires_grad_(True), params)
+    """A fresh state around `params` (made fp32; they require gradients only inside the
+    step, so code outside it records no autograd graph)."""
+    params = tree.tree_map(lambda p: p.detach().float(), params)
     return TrainState(
         params=params,
         opt_state=optimizer.init(params),
@@ -40,10 +41,5 @@ def init_state(
 
 
 def to_device(state: TrainState, device: torch.device | str) -> TrainState:
-    """The same state on another device (params keep tracking gradients)."""
-
-    def move(x: Any) -> Any:
-        moved = x.detach().to(device)
-        return moved.requires_grad_(True) if x.requires_grad else moved
-
-    return TrainState(*tree.tree_map(move, tuple(state)))
+    """The same state on another device."""
+    return TrainState(*tree.tree_map(lambda x: x.detach().to(device), tuple(state)))

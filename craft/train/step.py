@@ -1,9 +1,15 @@
-"""`make_train_step`: a pure-looking `step(state, batch) -> (state, metrics)`.
+"""`make_train_step`: `step(state, batch) -> (state, metrics)`, a functional signature that
+consumes its state.
 
-Inside, each micro-batch runs a compiled forward (autocast when asked) and PyTorch's own
-backward, gradients accumulate in `.grad`, and one compiled update unscales, clips and applies
-the optimizer in place. The state passed in is consumed, as with a donated buffer in JAX: use the
-returned one. Keeping one copy of params and optimizer state is what makes it fit in memory.
+Not a pure function: the state passed in is consumed, as a donated buffer is in JAX. Params and
+optimizer state are updated in place and the same tensors come back; use the returned state.
+Keeping one copy of them is what makes large models fit. Inside, each micro-batch runs a
+compiled forward (autocast when asked) and PyTorch's own autograd computes the gradients into
+`.grad`; one compiled update unscales, clips and applies the optimizer in place.
+
+The step knows nothing of tasks: a batch is any dict of tensors split along dim 0, and the loss
+says how much each micro-batch weighs (tokens, images). Params require gradients only while the
+step runs, so code outside it (evaluation, hooks, sampling) records no autograd graph.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""`loss_fn(params, batch, *, rng) -> (mean loss, {"weight": n, ...})`: the mean over the
+micro-batch's n units (tokens, images); the step weighs micro-batches and ranks by n."""
 Metrics = dict[str, torch.Tensor]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
 
@@ -47,13 +55,13 @@ def make_train_step(
     shards: OptimizerShards | None = None,
     rank: int | None = None,
 ) -> StepFn:
-    """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"tokens": n, ...})`.
+    """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"weight": n, ...})`.
 
     - precision: fp32; bf16 (autocast, fp32 master params); fp16 (autocast plus dynamic loss
       scaling: a step with inf/nan gradients is skipped, the scale halves, and it doubles after
       `growth_interval` good steps).
     - accum_steps: the batch is cut into that many micro-batches along dim 0; the loss is the
-      mean over all their tokens, exactly as for one big batch.
+      mean over all their units (the loss's weight), exactly as for one big batch.
     - clip_norm: clip the global gradient norm; metrics report the norm before clipping.
     - compile: torch.compile the forward and the update (False to debug eagerly).
     - compile_mode: torch.compile's mode. "reduce-overhead" and "max-autotune" replay CUDA graphs
@@ -62,8 +70,8 @@ def make_train_step(
       reuses the memory of the previous micro-batch's gradients.
     - grad_sync: data parallel; sums tensors across processes in place (e.g.
       `craft.distributed.all_reduce_sum`). Called once per step, after the last micro-batch,
-      on the gradients and on the loss and token sums, so every rank normalises by the global
-      token count and applies the same update.
+      on the gradients and on the loss and weight sums, so every rank normalises by the global
+      weight and applies the same update.
     - shards: data parallel with the optimizer state sharded (ZeRO-1, `craft.train.sharded`):
       gradients are reduce-scattered, each rank updates its slice of the params, and the params
       are all-gathered. The state's `opt_state` must be this rank's slice
@@ -99,20 +107,20 @@ def make_train_step(
     def forward(
         params: Params, micro: Batch, key: torch.Tensor, scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        device_type = micro["inputs"].device.type
+        device_type = key.device.type
         with torch.autocast(
             device_type, autocast_dtype or torch.float32, autocast_dtype is not None
         ):
             loss, aux = loss_fn(params, micro, rng=key)
-        tokens = aux["tokens"]
-        # Token-weighted sum, so that micro-batches add up to one mean over the whole batch.
-        objective = loss.float() * tokens * scale
-        return objective, loss.detach().float() * tokens, tokens
+        weight = aux["weight"]
+        # A weighted sum, so that micro-batches add up to one mean over the whole batch.
+        objective = loss.float() * weight * scale
+        return objective, loss.detach().float() * weight, weight
 
     def unscale(
-        grads: list[torch.Tensor], tokens: torch.Tensor, scale: torch.Tensor
+        grads: list[torch.Tensor], weight: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        torch._foreach_mul_(grads, 1.0 / (tokens * scale))
+        torch._foreach_mul_(grads, 1.0 / (weight * scale))
         return tree.global_norm(grads)
 
     def apply_update(state: TrainState, grads: Params, norm: torch.Tensor) -> torch.Tensor:
@@ -124,10 +132,10 @@ def make_train_step(
         return lr
 
     def unscale_slice(
-        local: torch.Tensor, tokens: torch.Tensor, scale: torch.Tensor
+        local: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
         # Sharded: this rank's flat gradient slice (zero padding adds nothing to the norm).
-        local.mul_(1.0 / (tokens * scale))
+        local.mul_(1.0 / (weight * scale))
         return torch.linalg.vector_norm(local.float())
 
     def apply_update_slice(state: TrainState, grads: Params, norm: torch.Tensor) -> torch.Tensor:
@@ -142,9 +150,9 @@ def make_train_step(
         return lr
 
     def update(
-        state: TrainState, grads: Params, tokens: torch.Tensor
+        state: TrainState, grads: Params, weight: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        norm = unscale(tree.leaves(grads), tokens, state.loss_scale["scale"])
+        norm = unscale(tree.leaves(grads), weight, state.loss_scale["scale"])
         return norm, apply_update(state, grads, norm)
 
     def maybe_compile(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
@@ -163,6 +171,19 @@ def make_train_step(
         apply_update_c = maybe_compile(apply_update_slice, **safe)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        if not batch:
+            raise ValueError("the batch is empty: give a dict of tensors split along dim 0")
+        params = tree.leaves(state.params)
+        for p in params:  # gradients are recorded only inside the step
+            p.requires_grad_(True)
+        try:
+            return run(state, batch, params)
+        finally:
+            for p in params:
+                p.grad = None
+                p.requires_grad_(False)
+
+    def run(state: TrainState, batch: Batch, params: list[torch.Tensor]) -> tuple[TrainState, Metrics]:
         if graphs:
             _mark_static(state)
             torch.compiler.cudagraph_mark_step_begin()
@@ -171,48 +192,48 @@ def make_train_step(
         scale = state.loss_scale["scale"]
         rows = torch.arange(_rows(micros[0]), device=step_key.device)
         first_row = rank * _rows(batch)
-        loss_sums, token_counts = [], []
+        loss_sums, weights = [], []
         for index, micro in enumerate(micros):
             # One key per row of the global batch: dropout masks follow the data, not the split.
             row_keys = fold_in(step_key, rows + (first_row + index * len(rows)))
-            objective, micro_loss, micro_tokens = forward_c(state.params, micro, row_keys, scale)
+            objective, micro_loss, micro_weight = forward_c(state.params, micro, row_keys, scale)
             objective.backward()
             if graphs:  # the graph's outputs live in memory that its next replay overwrites
-                micro_loss, micro_tokens = micro_loss.clone(), micro_tokens.clone()
+                micro_loss, micro_weight = micro_loss.clone(), micro_weight.clone()
             loss_sums.append(micro_loss)
-            token_counts.append(micro_tokens)
-        loss_sum, tokens = sum(loss_sums[1:], loss_sums[0]), sum(token_counts[1:], token_counts[0])
-        params = tree.leaves(state.params)
+            weights.append(micro_weight)
+        loss_sum, weight = sum(loss_sums[1:], loss_sums[0]), sum(weights[1:], weights[0])
         grad_list = [_grad(p) for p in params]
         for p in params:
             p.grad = None
         with torch.no_grad():
             if shards is not None:
                 norm, lr, skipped = _sharded_update(
-                    state, shards, grad_list, loss_sum, tokens, unscale_c, apply_update_c,
+                    state, shards, grad_list, loss_sum, weight, unscale_c, apply_update_c,
                     growth_interval if precision == "fp16" else None,
                 )  # fmt: skip
             else:
                 if grad_sync is not None:
-                    grad_sync([*grad_list, loss_sum, tokens])
+                    grad_sync([*grad_list, loss_sum, weight])
                 grads = tree.unflatten(tree.flatten(state.params)[1], grad_list)
                 if precision == "fp16":
                     norm, lr, skipped = _fp16_update(
-                        state, grads, tokens, unscale_c, apply_update_c, growth_interval
+                        state, grads, weight, unscale_c, apply_update_c, growth_interval
                     )
                 else:
-                    norm, lr = update_c(state, grads, tokens)
+                    norm, lr = update_c(state, grads, weight)
                     skipped = torch.zeros((), dtype=torch.int64)
             state.step.add_(1)
         metrics = {
-            "loss": loss_sum / tokens.clamp(min=1),
+            "loss": loss_sum / weight.clamp(min=1),
             # In graph mode the update's outputs live in memory its next replay overwrites.
             "lr": lr.clone() if graphs else lr,
             "grad_norm": norm.clone() if graphs else norm,
-            "tokens": tokens,
-            "skipped": skipped,
-            "loss_scale": state.loss_scale["scale"].clone(),
+            "weight": weight,
         }
+        if precision == "fp16":  # loss scaling exists only in fp16
+            metrics["skipped"] = skipped
+            metrics["loss_scale"] = state.loss_scale["scale"].clone()
         return state, metrics
 
     return step
@@ -221,14 +242,14 @@ def make_train_step(
 def _fp16_update(
     state: TrainState,
     grads: Params,
-    tokens: torch.Tensor,
+    weight: torch.Tensor,
     unscale: Callable[..., torch.Tensor],
     apply_update: Callable[..., torch.Tensor],
     growth_interval: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Skip the update on inf/nan gradients and adapt the loss scale (one host sync, as
     torch.amp.GradScaler does)."""
-    norm = unscale(tree.leaves(grads), tokens, state.loss_scale["scale"])
+    norm = unscale(tree.leaves(grads), weight, state.loss_scale["scale"])
     if not _fp16_scale_allows(state, norm, growth_interval):
         return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
     return norm, apply_update(state, grads, norm), torch.zeros((), dtype=torch.int64)
@@ -253,7 +274,7 @@ def _sharded_update(
     shards: OptimizerShards,
     grad_list: list[torch.Tensor],
     loss_sum: torch.Tensor,
-    tokens: torch.Tensor,
+    weight: torch.Tensor,
     unscale: Callable[..., torch.Tensor],
     apply_update: Callable[..., torch.Tensor],
     growth_interval: int | None,
@@ -262,8 +283,8 @@ def _sharded_update(
     `growth_interval` is given for fp16 (loss scaling; every rank sees the same global norm, so
     all skip together)."""
     local = shards.scatter_sum(grad_list)
-    distributed.all_reduce_sum([loss_sum, tokens])
-    norm = shards.global_norm(unscale(local, tokens, state.loss_scale["scale"]))
+    distributed.all_reduce_sum([loss_sum, weight])
+    norm = shards.global_norm(unscale(local, weight, state.loss_scale["scale"]))
     if growth_interval is not None and not _fp16_scale_allows(state, norm, growth_interval):
         return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
     lr = apply_update(state._replace(params=shards.own(state.params)), shards.split(local), norm)

@@ -1,0 +1,67 @@
+"""`ModelSpec`: what the rest of Craft knows about a model, and the registry that names them.
+
+Each model module ends with one `SPEC = ModelSpec(...)`; `craft/models/__init__.py` lists them.
+Tasks, the loop and the CLI see a model only through its spec: they never import a model file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel
+
+from craft.errors import ConfigError
+from craft.tree import Params
+
+Inputs = Literal["tokens", "images"]
+"""What `apply` takes: token ids `[B, T]` (int64) or images `[B, C, H, W]` (float)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model: its Pydantic config and its pure functions.
+
+    - `init(cfg, *, seed) -> params`
+    - `apply(params, inputs, cfg, *, rng=None) -> outputs` (logits: `[B, T, vocab]` for token
+      models, `[B, classes]` for classifiers); `rng` is a key, or one key per row, for dropout.
+    - `param_count(cfg) -> int`, without building the params.
+    - `flops_per_example(cfg, shape) -> float | None`: training FLOPs (forward and backward) for
+      one example of `shape` (a token model: `(T,)`; an image model: `(C, H, W)`); None when
+      not worked out. MFU is reported only for models that give it.
+    - `inputs`: what `apply` takes, so a task can refuse a model that does not fit it.
+    - `data_fields`: config fields a task fills from its data when left None
+      (`vocab_size`, `num_classes`).
+    - `context(cfg)`: a token model's longest sequence, when it has one.
+    """
+
+    name: str
+    config: type[BaseModel]
+    init: Callable[..., Params]
+    apply: Callable[..., torch.Tensor]
+    param_count: Callable[[Any], int]
+    inputs: Inputs
+    flops_per_example: Callable[[Any, tuple[int, ...]], float | None] | None = None
+    data_fields: tuple[str, ...] = ()
+    context: Callable[[Any], int | None] | None = None
+    """The longest sequence a token model accepts (None: no limit, e.g. an RNN)."""
+
+    def flops(self, cfg: Any, shape: tuple[int, ...]) -> float | None:
+        return None if self.flops_per_example is None else self.flops_per_example(cfg, shape)
+
+    def max_length(self, cfg: Any) -> int | None:
+        return None if self.context is None else self.context(cfg)
+
+
+def lookup(registry: Mapping[str, ModelSpec], name: str, what: str = "TrainConfig.model") -> ModelSpec:
+    """The spec registered as `name`, or a ConfigError that lists the close names."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"{what} = {name!r} is not a registered model (registered: {', '.join(registry)}){hint}"
+    )

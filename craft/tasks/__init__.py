@@ -1,0 +1,18 @@
+"""The task registry: `RunConfig.task` names one of these (see `base.Task`).
+
+Adding a task touches its own file, one line here and its gin files.
+"""
+
+from craft.tasks.base import Task
+from craft.tasks.classify import Classification
+from craft.tasks.lm import LanguageModeling
+
+TASKS: dict[str, type[Task]] = {
+    task.name: task
+    for task in (
+        LanguageModeling,
+        Classification,
+    )
+}
+
+__all__ = ["TASKS", "Classification", "LanguageModeling", "Task"]

@@ -1,0 +1,212 @@
+"""`lm`: next-token prediction over a prepared text (ChatGOT).
+
+Data: a text (a named source or a file) tokenized into train/val/test token files
+(`craft.data.prepare`); training windows are a pure function of (seed, step). Metrics: loss,
+perplexity, bits per token and, over a whole split, bits per character. A checkpoint carries
+its tokenizer file beside it. While training it writes text samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from craft.data import datasets
+from craft.data.config import DataConfig, TokenizerConfig
+from craft.data.prepare import (
+    PreparedData,
+    check_windows_fit,
+    default_prepared_dir,
+    open_split,
+    prepare,
+    read_meta,
+)
+from craft.data.sources import resolve_source
+from craft.data.tokenizers import Tokenizer, load_tokenizer
+from craft.errors import ConfigError, DataError
+from craft.models.spec import ModelSpec
+from craft.nn import next_token_loss
+from craft.tasks.base import Apply, Batch, LossOut, Task, fill_field
+from craft.tasks.text_samples import TextSampleConfig, TextSampleHook
+from craft.train.hooks import Hook
+from craft.tree import Params
+
+
+class LanguageModeling(Task):
+    """Next-token prediction; batches `{"inputs", "targets"}` of token ids `[B, window]`."""
+
+    name = "lm"
+    inputs = "tokens"
+    unit = "tokens"
+    config_names = ("DataConfig", "TokenizerConfig", "TextSampleConfig")
+
+    def __init__(
+        self,
+        directory: Path,
+        meta: dict[str, Any],
+        tokenizer: Tokenizer,
+        tokenizer_path: Path,
+        data: DataConfig,
+        samples: TextSampleConfig | None = None,
+    ):
+        self.directory, self.meta, self.tokenizer = directory, meta, tokenizer
+        self.tokenizer_path, self.data = tokenizer_path, data
+        self.samples = samples or TextSampleConfig()
+        self.window: int | None = data.window  # the model's context when unset
+        self._splits: dict[str, np.ndarray] = {}
+        self._chars: dict[str, int] = {}
+
+    # -- data ------------------------------------------------------------------------------
+
+    @classmethod
+    def prepare(cls, configs: dict[str, BaseModel]) -> str:
+        return report(_prepare(configs))
+
+    @classmethod
+    def open(cls, configs: dict[str, BaseModel]) -> LanguageModeling:
+        prepared = _prepare(configs)  # a cache hit once `prepare` ran
+        samples = configs.get("TextSampleConfig")
+        assert samples is None or isinstance(samples, TextSampleConfig)
+        return cls(
+            prepared.directory, prepared.meta, load_tokenizer(prepared.tokenizer_path),
+            prepared.tokenizer_path, _config(configs, DataConfig), samples,
+        )  # fmt: skip
+
+    @classmethod
+    def for_checkpoint(
+        cls, meta: dict[str, Any], directory: Path, data_dir: str | None
+    ) -> LanguageModeling:
+        name = str(meta.get("task_meta", {}).get("tokenizer", ""))
+        if not name or Path(name).name != name:
+            raise DataError(f"the checkpoint names no plain tokenizer file (got {name!r})")
+        tokenizer_path = directory / name
+        if not tokenizer_path.is_file():
+            raise DataError(
+                f"no tokenizer beside the checkpoint (expected {tokenizer_path}); copy the "
+                "dataset's tokenizer file (tokenizer.json or tokenizer.model) next to it"
+            )
+        stored = meta["configs"]
+        # Paths stored in the checkpoint never redirect reads: the data is found from the
+        # command line's data folder (default: data/) and the recipe it was prepared with.
+        data = DataConfig.model_validate(
+            {**stored["DataConfig"], "data_dir": data_dir or "data", "prepared_dir": None}
+        )
+        tok_cfg = TokenizerConfig.model_validate(stored.get("TokenizerConfig", {}))
+        prepared_dir = default_prepared_dir(data, tok_cfg)
+        tokenizer = load_tokenizer(tokenizer_path)
+        task = cls(prepared_dir, read_meta(prepared_dir), tokenizer, tokenizer_path, data)
+        if int(task.meta["vocab_size"]) != tokenizer.vocab_size:
+            raise DataError(
+                f"{prepared_dir} was prepared with a {task.meta['vocab_size']}-symbol "
+                f"vocabulary, but the checkpoint's tokenizer has {tokenizer.vocab_size}"
+            )
+        task.window = int(meta["task_meta"].get("window") or 0) or None
+        return task
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in self._splits:
+            self._splits[name] = open_split(self.directory, name)
+        return self._splits[name]
+
+    def train_batch(self, *, seed: int, step: int, size: int) -> Batch:
+        return datasets.train_batch(
+            self.split("train"), window=self._window(), batch_size=size, seed=seed, step=step
+        )
+
+    def eval_batches(self, split: str, size: int) -> Iterator[Batch]:
+        return datasets.eval_batches(self.split(split), window=self._window(), batch_size=size)
+
+    # -- model -----------------------------------------------------------------------------
+
+    def fill_model_config(self, spec: ModelSpec, cfg: BaseModel) -> BaseModel:
+        cfg = fill_field(cfg, "vocab_size", int(self.meta["vocab_size"]), "the dataset's vocabulary")
+        context = spec.max_length(cfg)
+        window = self.data.window or context
+        if window is None:
+            raise ConfigError(
+                f"DataConfig.window is unset and the {spec.name!r} model has no longest context "
+                "to take it from; set DataConfig.window"
+            )
+        if context is not None and window > context:
+            raise ConfigError(
+                f"DataConfig.window = {window} exceeds {type(cfg).__name__}'s longest context "
+                f"({context})"
+            )
+        check_windows_fit(self.meta["tokens"], window, self.data.split_ratios, self.data.source)
+        self.window = window
+        return cfg
+
+    def example_shape(self, spec: ModelSpec, cfg: BaseModel) -> tuple[int, ...]:
+        return (self._window(),)
+
+    def loss(self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None) -> LossOut:
+        return next_token_loss(apply(params, batch["inputs"], rng=rng), batch["targets"])
+
+    def summarize(self, sums: dict[str, float], split: str, *, whole: bool) -> dict[str, float]:
+        mean = sums["loss_sum"] / max(sums["weight"], 1.0)
+        results = {
+            "loss": mean,
+            "perplexity": math.exp(min(mean, 700.0)),
+            "bits_per_token": mean / math.log(2),
+            "tokens": sums["weight"],
+        }
+        if whole:
+            # Tokens per character of this split turn bits per token into bits per character
+            # (the same number for a char tokenizer).
+            tokens = self.split(split)
+            if split not in self._chars:
+                self._chars[split] = len(self.tokenizer.decode(tokens))
+            if self._chars[split]:
+                results["bits_per_char"] = results["bits_per_token"] * len(tokens) / self._chars[split]
+        return results
+
+    # -- checkpoints and previews ----------------------------------------------------------
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "tokenizer": self.tokenizer_path.name,
+            "vocab_size": self.tokenizer.vocab_size,
+            "window": self.window,
+        }
+
+    def checkpoint_files(self) -> list[Path]:
+        return [self.tokenizer_path]
+
+    def previews(self, trackers: Any, every: int) -> list[Hook]:
+        return [TextSampleHook(self.tokenizer, self.samples, every, trackers)]
+
+    def describe(self) -> str:
+        return report(PreparedData(self.directory, self.meta, cached=True))
+
+    def _window(self) -> int:
+        if self.window is None:
+            raise ConfigError("the lm task's window is unknown: call fill_model_config first")
+        return self.window
+
+
+def report(prepared: PreparedData) -> str:
+    """`<folder>: cached; char tokenizer, vocab 65; tokens: train 1, val 2, test 3`."""
+    meta = prepared.meta
+    tokens = ", ".join(f"{name} {count:,}" for name, count in meta["tokens"].items())
+    state = "cached" if prepared.cached else "prepared"
+    return (
+        f"{prepared.directory}: {state}; {meta['tokenizer']['kind']} tokenizer, "
+        f"vocab {meta['vocab_size']:,}; tokens: {tokens}"
+    )
+
+
+def _prepare(configs: dict[str, BaseModel]) -> PreparedData:
+    data, tok = _config(configs, DataConfig), _config(configs, TokenizerConfig)
+    return prepare(resolve_source(data), default_prepared_dir(data, tok), data, tok)
+
+
+def _config(configs: dict[str, BaseModel], kind: type[Any]) -> Any:
+    found = configs.get(kind.__name__) or kind()
+    assert isinstance(found, kind)
+    return found

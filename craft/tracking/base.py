@@ -1,0 +1,82 @@
+"""The tracker interface and a fan-out over several trackers.
+
+Metric names are grouped as W&B sections them: `train/loss`, `val/loss`, `test/accuracy`.
+Nothing a tracker does may stop a run: `Trackers` turns a failing tracker into one warning
+and goes on without it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """Receives a run's metrics; every method does nothing unless a subclass overrides it."""
+
+    every: int = 1
+    """Train metrics reach this tracker every `every` steps (and at the last step)."""
+
+    def start(self, run: Any) -> None:
+        """Before the first step (`run`: the loop's RunInfo)."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Numbers at `step`, named `section/name`."""
+
+    def log_text(self, name: str, text: str, step: int) -> None:
+        """A text (a sample) at `step`."""
+
+    def log_image(self, name: str, png: Path, step: int) -> None:
+        """A PNG file (a grid of predictions) at `step`."""
+
+    def finish(self) -> None:
+        """After the run: flush and close."""
+
+
+class Trackers(Tracker):
+    """Several trackers as one; a tracker that raises is warned about once and dropped."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = list(trackers)
+
+    def start(self, run: Any) -> None:
+        self._each("start", run)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._each("log", metrics, step)
+
+    def log_text(self, name: str, text: str, step: int) -> None:
+        self._each("log_text", name, text, step)
+
+    def log_image(self, name: str, png: Path, step: int) -> None:
+        self._each("log_image", name, png, step)
+
+    def finish(self) -> None:
+        self._each("finish")
+
+    def log_train(self, metrics: dict[str, float], step: int, last: bool) -> None:
+        """Train metrics to each tracker whose `every` divides `step` (all at the last step)."""
+        for tracker in list(self.trackers):
+            if last or step % tracker.every == 0:
+                self._call(tracker, "log", metrics, step)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for tracker in list(self.trackers):
+            self._call(tracker, method, *args)
+
+    def _call(self, tracker: Tracker, method: str, *args: Any) -> None:
+        try:
+            getattr(tracker, method)(*args)
+        except Exception as error:
+            warn(f"{type(tracker).__name__}.{method} failed ({one_line(error)}); going on without it")
+            self.trackers.remove(tracker)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def warn(message: str) -> None:
+    print(f"craft: warning: {message}", file=sys.stderr)
