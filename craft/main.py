@@ -69,7 +69,8 @@ class Commands:
         and character; classify: loss, accuracy).
 
         --checkpoint: a checkpoint file or a run folder (its newest checkpoint); --split:
-        train, val or test; --data_dir: where the data lives (default: data/).
+        train, val or test; --data_dir: where the data lives (default: data/), or a prepared
+        text folder itself.
         """
         if batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from craft import config, tree
-from craft.data.config import DataConfig, TokenizerConfig
-from craft.data.prepare import prepare
-from craft.metrics import MetricsConfig, MetricsLogger, read_metrics
+from craft.tasks import LanguageModeling
+from craft.tracking import MetricsConfig, TrackingHook, make_trackers, read_metrics
 from craft.train.loop import fit, make_setup
 from tests.conftest import CliRunner
 
@@ -20,7 +19,7 @@ TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in r
 TINY = """
 RunConfig.name = 'tiny'
 DataConfig.source = '{source}'
-DataConfig.block_size = 16
+DataConfig.prepared_dir = '{source}.prepared'
 GPTConfig.block_size = 16
 GPTConfig.n_layer = 1
 GPTConfig.n_head = 2
@@ -31,7 +30,7 @@ TrainConfig.batch_size = 4
 TrainConfig.eval_every = 4
 TrainConfig.checkpoint_every = 4
 TrainConfig.sample_every = 0
-TrainConfig.sample_tokens = 10
+TextSampleConfig.tokens = 10
 TrainConfig.compile = False
 MetricsConfig.progress_bar = False
 MetricsConfig.wandb = 'disabled'
@@ -55,15 +54,12 @@ def run_in_process(run_dir: Path, text_file: Path, steps: int, resume: Path | No
         for name, model in config.registered().items()
         if model.__module__.startswith("craft.")
     }
-    data = configs["DataConfig"]
-    assert isinstance(data, DataConfig)
-    tok = configs["TokenizerConfig"]
-    assert isinstance(tok, TokenizerConfig)
-    prepared = prepare(text_file, text_file.parent / "prepared", data, tok)
-    setup = make_setup(configs, prepared, seed=0)
+    LanguageModeling.prepare(configs)
+    setup = make_setup(configs, LanguageModeling.open(configs), seed=0)
     metrics_cfg = configs["MetricsConfig"]
     assert isinstance(metrics_cfg, MetricsConfig)
-    return fit(setup, run_dir, hooks=[MetricsLogger(metrics_cfg)], resume=resume)
+    hook = TrackingHook(make_trackers(metrics_cfg, run_dir, {}))
+    return fit(setup, run_dir, hooks=[hook], resume=resume)
 
 
 def test_resume_is_bit_exact(tmp_path: Path, text_file: Path) -> None:
@@ -86,13 +82,13 @@ def test_resume_is_bit_exact(tmp_path: Path, text_file: Path) -> None:
         assert torch.equal(a, b)
 
     def rows(run: str) -> list[dict]:
-        keep = ("kind", "step", "loss", "lr", "grad_norm", "val_loss")
+        keep = ("step", "train/loss", "train/lr", "train/grad_norm", "val/loss")
         return [
             {k: r[k] for k in keep if k in r} for r in read_metrics(tmp_path / run) if r["step"] > 8
         ]
 
     assert rows("straight") == rows("resumed")
-    assert straight["val_loss"] == resumed["val_loss"]
+    assert straight["metrics"]["val/loss"] == resumed["metrics"]["val/loss"]
 
 
 def test_cli_train_resume_evaluate_generate_plot(
@@ -100,7 +96,7 @@ def test_cli_train_resume_evaluate_generate_plot(
 ) -> None:
     (tmp_path / "tiny.gin").write_text(
         TINY.format(source=text_file, steps=8)
-        + "TrainConfig.sample_every = 4\nTrainConfig.sample_prompt = 'SPEAKER_1:'\n"
+        + "TrainConfig.sample_every = 4\nTextSampleConfig.prompt = 'SPEAKER_1:'\n"
         + "TrainConfig.hooks = ['tests.hooks_for_tests.RecordSteps']\n"
     )
     trained = run_cli("--gin_file=tiny.gin")
@@ -120,7 +116,9 @@ def test_cli_train_resume_evaluate_generate_plot(
     assert "status: finished after 12 steps" in more.stdout
     assert f"run folder: {run_dir.relative_to(tmp_path)}" in more.stdout  # the same folder
 
-    evaluated = run_cli("evaluate", f"--checkpoint={run_dir}", "--split=test")
+    evaluated = run_cli(
+        "evaluate", f"--checkpoint={run_dir}", "--split=test", f"--data_dir={text_file}.prepared"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
     assert result["split"] == "test" and result["loss"] > 0
@@ -221,8 +219,8 @@ def test_vocab_mismatch_and_context_errors(
     wrong_vocab = run_cli("--gin_file=tiny.gin", "--gin.GPTConfig.vocab_size=7")
     assert wrong_vocab.returncode == 2
     assert "GPTConfig.vocab_size = 7, but the dataset's vocabulary has" in wrong_vocab.stderr
-    too_long = run_cli("--gin_file=tiny.gin", "--gin.DataConfig.block_size=32")
-    assert "DataConfig.block_size = 32 exceeds GPTConfig.block_size = 16" in too_long.stderr
+    too_long = run_cli("--gin_file=tiny.gin", "--gin.DataConfig.window=32")
+    assert "DataConfig.window = 32 exceeds GPTConfig's longest context (16)" in too_long.stderr
     assert not list(tmp_path.glob("outputs/experiments/tiny/*/*/checkpoints/*.safetensors"))
 
 

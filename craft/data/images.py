@@ -146,12 +146,14 @@ def _shift(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     n, c, h, w = images.shape
     pad = int(offsets.abs().max())
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    # out[y, x] = image[y - dy, x - dx] = padded[y - dy + pad, x - dx + pad]
-    ys = (pad - offsets[:, 0, None] + torch.arange(h))[:, None, :, None]
-    xs = (pad - offsets[:, 1, None] + torch.arange(w))[:, None, None, :]
-    return padded[
-        torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], ys, xs
-    ]
+    ph, pw = h + 2 * pad, w + 2 * pad
+    # out[y, x] = image[y - dy, x - dx] = padded[y - dy + pad, x - dx + pad], gathered with one
+    # flat index (faster than four broadcast index tensors).
+    ys = pad - offsets[:, 0, None] + torch.arange(h)
+    xs = pad - offsets[:, 1, None] + torch.arange(w)
+    planes = (torch.arange(n * c).view(n, c) * (ph * pw))[:, :, None, None]
+    index = planes + (ys * pw)[:, None, :, None] + xs[:, None, None, :]
+    return padded.reshape(-1)[index.reshape(-1)].view(n, c, h, w)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, size: int) -> Iterator[Batch]:

@@ -98,7 +98,11 @@ class LanguageModeling(Task):
             {**stored["DataConfig"], "data_dir": data_dir or "data", "prepared_dir": None}
         )
         tok_cfg = TokenizerConfig.model_validate(stored.get("TokenizerConfig", {}))
-        prepared_dir = default_prepared_dir(data, tok_cfg)
+        given = Path(data_dir) if data_dir else None
+        # --data_dir may name the prepared folder itself (one made with --output_dir).
+        is_prepared = given is not None and (given / "meta.json").is_file()
+        prepared_dir = given if is_prepared else default_prepared_dir(data, tok_cfg)
+        assert prepared_dir is not None
         tokenizer = load_tokenizer(tokenizer_path)
         task = cls(prepared_dir, read_meta(prepared_dir), tokenizer, tokenizer_path, data)
         if int(task.meta["vocab_size"]) != tokenizer.vocab_size:
