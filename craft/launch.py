@@ -46,7 +46,7 @@ def train(configs: dict[str, BaseModel], resume: str | None = None) -> dict[str,
         hooks: list[Hook] = []
         if world.main:
             print(report)
-            write_effective_config(run_dir, setup.configs.values())
+            write_effective_config(run_dir, configs.values())  # as given: config.gin reruns
             used = {name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()}
             trackers = make_trackers(_get(configs, MetricsConfig), run_dir, used)
             # Previews first: their images reach the trackers before these finish.

@@ -206,6 +206,9 @@ class Commands:
         return config.build_all()
 
 
+_SHORT = {"vocab_size": "vocab", "num_classes": "classes"}
+
+
 def _model_size(configs: dict[str, BaseModel]) -> str:
     """`# GPT: N parameters` for the model TrainConfig picks, with the data's fields (vocab
     size, classes) from the config or, when unset, per entry."""
@@ -220,7 +223,9 @@ def _model_size(configs: dict[str, BaseModel]) -> str:
             model = model.model_copy(update={"vocab_size": vocab})
             missing = []
     if not missing:
-        filled = ", ".join(f"{name} {getattr(model, name):,}" for name in spec.data_fields)
+        filled = ", ".join(
+            f"{_SHORT.get(name, name)} {getattr(model, name):,}" for name in spec.data_fields
+        )
         return f"# {label}: {spec.param_count(model):,} parameters" + (
             f" ({filled})" if filled else ""
         )

@@ -15,7 +15,7 @@ TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}.\n" for i in range(300))
 # The main job trains: these keep it to a few eager steps of a tiny model.
 QUICK = (
     "--gin.TrainConfig.steps=2", "--gin.TrainConfig.compile=False",
-    "--gin.TrainConfig.sample_tokens=5", "--gin.MetricsConfig.wandb=disabled",
+    "--gin.TextSampleConfig.tokens=5", "--gin.MetricsConfig.wandb=disabled",
     "--gin.GPTConfig.n_layer=1", "--gin.GPTConfig.n_embd=16", "--gin.GPTConfig.n_head=2",
     "--gin.Schedule.warmup_steps=1", "--gin.Schedule.total_steps=2",
 )  # fmt: skip
@@ -54,13 +54,13 @@ def test_unknown_flag_is_refused_before_the_command_runs(
 
 def test_show_config_prints_the_effective_config(run_cli: CliRunner, tmp_path: Path) -> None:
     override = tmp_path / "override.gin"
-    override.write_text("DataConfig.block_size = 32\n")
+    override.write_text("DataConfig.window = 32\n")
     result = run_cli(
         "show_config", "--gin_file=gin/got_char.gin", f"--gin_file={override}",
         "--gin.TokenizerConfig.vocab_size=512", cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "DataConfig.block_size = 32" in result.stdout
+    assert "DataConfig.window = 32" in result.stdout
     assert "DataConfig.tokenizer = 'char'" in result.stdout
     assert "TokenizerConfig.vocab_size = 512" in result.stdout
     assert "RunConfig.name = 'got_char'" in result.stdout
@@ -84,15 +84,15 @@ def test_show_config_counts_the_chosen_model(run_cli: CliRunner) -> None:
     [
         (["--gin_file=missing.gin"], "gin file not found: missing.gin"),
         (
-            ["--gin.DataConfig.block_size=-4"],
-            "DataConfig.block_size = -4 (flag --gin.DataConfig.block_size=-4): "
+            ["--gin.DataConfig.window=-4"],
+            "DataConfig.window = -4 (flag --gin.DataConfig.window=-4): "
             "Input should be greater than 0",
         ),
         (
             ["--gin.DataConfg.block_size=4"],
             "unknown configurable 'DataConfg'; did you mean 'DataConfig'",
         ),
-        (["--gin_param=DataConfig.block_size = ("], "gin syntax error"),
+        (["--gin_param=DataConfig.window = ("], "gin syntax error"),
         (
             ["--gin.TrainConfig.compile_mode=reduce-overhead", "--gin.TrainConfig.accum_steps=2"],
             "compile_mode='reduce-overhead' replays CUDA graphs, which needs accum_steps=1",
@@ -121,7 +121,7 @@ def test_bad_gin_file_names_its_line(run_cli: CliRunner, tmp_path: Path) -> None
 def test_prepare_writes_the_dataset_then_hits_the_cache(
     run_cli: CliRunner, text_file: Path
 ) -> None:
-    args = ("prepare", f"--input={text_file}", "--output_dir=out", "--type=char", "--block_size=8")
+    args = ("prepare", f"--input={text_file}", "--output_dir=out", "--type=char", "--window=8")
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "out: prepared; char tokenizer" in first.stdout
@@ -134,7 +134,7 @@ def test_prepare_writes_the_dataset_then_hits_the_cache(
 def test_prepare_subword_with_split_ratios(run_cli: CliRunner, text_file: Path) -> None:
     result = run_cli(
         "prepare", f"--input={text_file}", "--output_dir=sub", "--type=subword",
-        "--vocab_size=300", "--split_ratios=0.8,0.1,0.1", "--block_size=8",
+        "--vocab_size=300", "--split_ratios=0.8,0.1,0.1", "--window=8",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     meta = json.loads((text_file.parent / "sub/meta.json").read_text())
@@ -150,7 +150,7 @@ def test_prepare_subword_with_split_ratios(run_cli: CliRunner, text_file: Path) 
         ),
         (["--split_ratios=0.5,0.2,0.2"], "split ratios must sum to 1"),
         (["--type=words"], "(flag --type): Input should be 'char' or 'subword'"),
-        (["--block_size=4096"], "fewer than one block (block_size=4096"),
+        (["--window=4096"], "fewer than one window (window=4096"),
         (
             ["--type=subword", "--vocab_size=90000"],
             "vocab_size=90000 is too large for this text: the largest that fits is",
@@ -195,7 +195,7 @@ def test_main_job_on_a_text_file_writes_the_run_folder(
         "RunConfig.name = 'tiny'\n"
         f"DataConfig.source = '{text_file}'\n"
         "DataConfig.tokenizer = 'subword'\n"
-        "DataConfig.block_size = 8\n"
+        "DataConfig.window = 8\n"
         "TokenizerConfig.vocab_size = 290\n"
     )
     result = run_cli("--gin_file=tiny.gin", "--gin.RunConfig.seed=3", *QUICK)

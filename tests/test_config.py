@@ -30,23 +30,23 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_file_bindings_reach_the_model(tmp_path: Path) -> None:
-    gin_file = write(tmp_path, "a.gin", "DataConfig.block_size = 64\nDataConfig.source = 'x.txt'\n")
+    gin_file = write(tmp_path, "a.gin", "DataConfig.window = 64\nDataConfig.source = 'x.txt'\n")
     config.parse([gin_file])
     data = config.build(DataConfig)
-    assert data.block_size == 64 and data.source == "x.txt"
+    assert data.window == 64 and data.source == "x.txt"
     assert data.split_ratios == (0.9, 0.05, 0.05)  # the default stays
 
 
 def test_later_files_and_flags_override_earlier_ones(tmp_path: Path) -> None:
-    first = write(tmp_path, "a.gin", "DataConfig.block_size = 64\nDataConfig.errors = 'replace'\n")
-    second = write(tmp_path, "b.gin", "DataConfig.block_size = 32\n")
+    first = write(tmp_path, "a.gin", "DataConfig.window = 64\nDataConfig.errors = 'replace'\n")
+    second = write(tmp_path, "b.gin", "DataConfig.window = 32\n")
     config.parse([first, second])
-    assert config.build(DataConfig).block_size == 32
-    config.parse([first, second], ["DataConfig.block_size = 16"])
-    assert config.build(DataConfig).block_size == 16
-    config.parse([first, second], ["DataConfig.block_size = 16", "--gin.DataConfig.block_size=8"])
+    assert config.build(DataConfig).window == 32
+    config.parse([first, second], ["DataConfig.window = 16"])
+    assert config.build(DataConfig).window == 16
+    config.parse([first, second], ["DataConfig.window = 16", "--gin.DataConfig.window=8"])
     data = config.build(DataConfig)
-    assert data.block_size == 8 and data.errors == "replace"
+    assert data.window == 8 and data.errors == "replace"
 
 
 def test_t5x_flag_takes_bare_words_as_strings() -> None:
@@ -56,20 +56,20 @@ def test_t5x_flag_takes_bare_words_as_strings() -> None:
 
 
 def test_include_and_macro(tmp_path: Path) -> None:
-    write(tmp_path, "base.gin", "BLOCK = 48\nDataConfig.block_size = %BLOCK\n")
+    write(tmp_path, "base.gin", "BLOCK = 48\nDataConfig.window = %BLOCK\n")
     top = write(tmp_path, "top.gin", "include 'base.gin'\nTokenizerConfig.vocab_size = 300\n")
     config.parse([top])
-    assert config.build(DataConfig).block_size == 48
+    assert config.build(DataConfig).window == 48
     assert config.build(TokenizerConfig).vocab_size == 300
 
 
 def test_flags_override_gin_and_are_validated(tmp_path: Path) -> None:
-    config.parse([], ["DataConfig.block_size = 64"])
-    assert config.build(DataConfig, {"block_size": 8, "source": None}).block_size == 8
+    config.parse([], ["DataConfig.window = 64"])
+    assert config.build(DataConfig, {"window": 8, "source": None}).window == 8
     with pytest.raises(
-        ConfigError, match=r"DataConfig.block_size = -3 \(flag --block\): .*greater"
+        ConfigError, match=r"DataConfig.window = -3 \(flag --block\): .*greater"
     ):
-        config.build(DataConfig, {"block_size": -3}, flag_names={"block_size": "block"})
+        config.build(DataConfig, {"window": -3}, flag_names={"window": "block"})
 
 
 def test_unknown_configurable_names_file_line_and_suggests(tmp_path: Path) -> None:
@@ -82,24 +82,24 @@ def test_unknown_configurable_names_file_line_and_suggests(tmp_path: Path) -> No
 
 
 def test_misspelled_field_suggests_close_names(tmp_path: Path) -> None:
-    gin_file = write(tmp_path, "bad.gin", "DataConfig.blok_size = 3\n")
+    gin_file = write(tmp_path, "bad.gin", "DataConfig.windw = 3\n")
     with pytest.raises(
         ConfigError,
-        match=r"bad.gin:1: DataConfig has no field 'blok_size'; did you mean 'block_size'",
+        match=r"bad.gin:1: DataConfig has no field 'windw'; did you mean 'window'",
     ):
         config.parse([gin_file])
 
 
 def test_far_off_name_lists_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"valid names: .*block_size"):
+    with pytest.raises(ConfigError, match=r"valid names: .*window"):
         config.parse([], ["DataConfig.zzzzzz = 3"])
 
 
 @pytest.mark.parametrize(
     ("binding", "reason"),
     [
-        ("DataConfig.block_size = 'many'", "valid integer"),
-        ("DataConfig.block_size = 0", "greater than 0"),
+        ("DataConfig.window = 'many'", "valid integer"),
+        ("DataConfig.window = 0", "greater than 0"),
         ("DataConfig.tokenizer = 'words'", "'char' or 'subword'"),
         ("DataConfig.split_ratios = (0.5, 0.6, -0.1)", "must not be negative"),
         ("DataConfig.split_ratios = (0.5, 0.2, 0.2)", "must sum to 1"),
@@ -117,7 +117,7 @@ def test_bad_values_name_the_binding_and_the_reason(
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
-    gin_file = write(tmp_path, "bad.gin", "DataConfig.block_size = 3\nDataConfig.source 'x'\n")
+    gin_file = write(tmp_path, "bad.gin", "DataConfig.window = 3\nDataConfig.source 'x'\n")
     with pytest.raises(ConfigError, match=r"bad.gin:2: gin syntax error"):
         config.parse([gin_file])
 
@@ -137,11 +137,11 @@ def test_missing_required_value_says_how_to_set_it() -> None:
 
 
 def test_build_all_reports_every_problem() -> None:
-    config.parse([], ["DataConfig.block_size = 0", "TokenizerConfig.vocab_size = -1"])
+    config.parse([], ["DataConfig.window = 0", "TokenizerConfig.vocab_size = -1"])
     with pytest.raises(ConfigError) as error:
         config.build_all()
     message = str(error.value)
-    assert "DataConfig.block_size" in message
+    assert "DataConfig.window" in message
     assert "TokenizerConfig.vocab_size" in message
     assert "NeedsValue.width is required" in message
 
@@ -152,6 +152,8 @@ def test_missing_gin_file_says_where_it_looked(tmp_path: Path) -> None:
 
 
 def test_gin_files_are_also_found_in_the_repository_gin_folder() -> None:
+    import craft.main  # noqa: F401  (registers every configurable the run files bind)
+
     config.parse(["got_char.gin"])
     assert config.build(DataConfig).tokenizer == "char"
 
@@ -179,18 +181,18 @@ ratios = st.tuples(st.integers(0, 100), st.integers(0, 100), st.integers(1, 100)
 
 @settings(max_examples=50, deadline=None)
 @given(
-    block_size=st.integers(1, 10_000),
+    window=st.integers(1, 10_000),
     source=st.text(min_size=1, max_size=30).filter(lambda s: "\x00" not in s),
     tokenizer=st.sampled_from(["char", "subword"]),
     split=ratios,
     tokenizer_file=st.none() | st.text(max_size=20),
 )
 def test_effective_config_round_trips_through_gin(
-    block_size: int, source: str, tokenizer: str, split: tuple, tokenizer_file: str | None
+    window: int, source: str, tokenizer: str, split: tuple, tokenizer_file: str | None
 ) -> None:
     """Law: parse(to_gin(cfg)) rebuilds cfg exactly."""
     original = DataConfig(
-        block_size=block_size,
+        window=window,
         source=source,
         tokenizer=tokenizer,  # type: ignore[arg-type]
         split_ratios=split,  # type: ignore[arg-type]

@@ -122,7 +122,7 @@ def test_checkpoints_move_between_world_sizes(
         "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(400))
     )
     (tmp_path / "tiny.gin").write_text(
-        f"RunConfig.name = 'tiny'\nDataConfig.source = '{text}'\nDataConfig.block_size = 16\n"
+        f"RunConfig.name = 'tiny'\nDataConfig.source = '{text}'\nDataConfig.window = 16\n"
         "GPTConfig.block_size = 16\nGPTConfig.n_layer = 1\nGPTConfig.n_head = 2\n"
         "GPTConfig.n_embd = 16\nTrainConfig.steps = 8\nTrainConfig.batch_size = 4\n"
         "TrainConfig.optimizer = 'sgd'\nTrainConfig.eval_every = 0\nTrainConfig.sample_every = 0\n"

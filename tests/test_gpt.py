@@ -33,7 +33,7 @@ def test_apply_matches_the_reference_module(bias: bool) -> None:
     torch.testing.assert_close(gpt.apply(params, x, cfg), module(x), atol=2e-5, rtol=1e-5)
     loss, aux = gpt.loss(params, {"inputs": x, "targets": y}, cfg)
     torch.testing.assert_close(loss, module(x, y), atol=2e-6, rtol=1e-6)
-    assert aux["tokens"] == 60
+    assert aux["weight"] == 60
 
 
 def test_fresh_model_loss_is_about_ln_vocab() -> None:
@@ -53,7 +53,7 @@ def test_ignored_targets_do_not_count() -> None:
     logits = gpt.apply(params, x, SMALL)[:, :5]
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 61), y[:, :5].reshape(-1))
     torch.testing.assert_close(loss_masked, expected)
-    assert aux["tokens"] == 10
+    assert aux["weight"] == 10
 
 
 @settings(max_examples=12, deadline=None)

@@ -26,7 +26,7 @@ def text_file(tmp_path: Path) -> Path:
 
 
 def data(**fields: object) -> DataConfig:
-    return DataConfig(**{"block_size": 16, **fields})  # type: ignore[arg-type]
+    return DataConfig(**{"window": 16, **fields})  # type: ignore[arg-type]
 
 
 @settings(max_examples=100, deadline=None)
@@ -149,15 +149,15 @@ def test_non_utf8_input_names_the_byte_offset(tmp_path: Path) -> None:
 def test_split_too_small_for_one_block(tmp_path: Path, text_file: Path) -> None:
     with pytest.raises(
         DataError,
-        match=r"the val split of .* has \d+ tokens, fewer than one block \(block_size=2048",
+        match=r"the val split of .* has \d+ tokens, fewer than one window \(window=2048",
     ):
-        prepare(text_file, tmp_path / "out", data(block_size=2048))
+        prepare(text_file, tmp_path / "out", data(window=2048))
 
 
 def test_block_check_also_applies_to_a_cached_dataset(tmp_path: Path, text_file: Path) -> None:
     prepare(text_file, tmp_path / "out", data())
-    with pytest.raises(DataError, match="fewer than one block"):
-        prepare(text_file, tmp_path / "out", data(block_size=2048))
+    with pytest.raises(DataError, match="fewer than one window"):
+        prepare(text_file, tmp_path / "out", data(window=2048))
 
 
 def test_a_zero_ratio_split_may_be_empty(tmp_path: Path, text_file: Path) -> None:

@@ -53,7 +53,7 @@ def test_fresh_loss_is_near_log_vocab() -> None:
     with torch.no_grad():
         value, aux = rnn.loss(params, batch, cfg)
     assert abs(value.item() - math.log(65)) < 0.1
-    assert aux["tokens"].item() == 8 * 32
+    assert aux["weight"].item() == 8 * 32
 
 
 def test_loss_ignores_negative_targets() -> None:
@@ -65,7 +65,7 @@ def test_loss_ignores_negative_targets() -> None:
         value, aux = rnn.loss(params, {"inputs": inputs, "targets": targets}, cfg)
         logits = rnn.apply(params, inputs, cfg)
     kept = targets >= 0
-    assert aux["tokens"].item() == 8
+    assert aux["weight"].item() == 8
     torch.testing.assert_close(value, F.cross_entropy(logits[kept], targets[kept]))
 
 

@@ -243,7 +243,7 @@ def bigram_loss(
     """A bigram model (a matrix and a vector): the tiniest model that compiles quickly."""
     logits = params["w"][batch["inputs"]] + params["b"]
     loss = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=-1)
-    return loss, {"tokens": (batch["targets"] >= 0).sum()}
+    return loss, {"weight": (batch["targets"] >= 0).sum()}
 
 
 def sharded_bigram_run(steps: int, *, compile: bool) -> tuple[TrainState, list[int]]:

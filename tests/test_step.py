@@ -93,7 +93,7 @@ def test_accumulation_equals_one_big_batch(accum: int) -> None:
     assert_trees_close(micro.params, one.params, atol=1e-6, rtol=0.0)
     for a, b in zip(one_history, micro_history, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
-        assert b["tokens"] == a["tokens"] == 8 * 16
+        assert b["weight"] == a["weight"] == 8 * 16
 
 
 def test_accumulation_weights_micro_batches_by_their_tokens() -> None:
@@ -101,7 +101,7 @@ def test_accumulation_weights_micro_batches_by_their_tokens() -> None:
     data["targets"][:2, 4:] = -1  # the first micro-batch has fewer tokens
     one, _ = run(1, [data], compile=False, optimizer=SGD_)
     two, history = run(1, [data], compile=False, accum_steps=2, optimizer=SGD_)
-    assert history[0]["tokens"] == 2 * 4 + 2 * 16
+    assert history[0]["weight"] == 2 * 4 + 2 * 16
     assert_trees_close(two.params, one.params, atol=1e-6, rtol=0.0)
 
 
@@ -139,7 +139,7 @@ def poisoned_loss(params, batch, *, rng=None):
     value = ((batch["inputs"].float() @ params["w"]) ** 2).mean() * (
         1.0 + batch["poison"].max() * 1e36
     )
-    return value, {"tokens": torch.tensor(batch["inputs"].shape[0])}
+    return value, {"weight": torch.tensor(batch["inputs"].shape[0])}
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "sharded"])

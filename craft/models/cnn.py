@@ -127,9 +127,12 @@ def apply(
         x = conv2d(layer["conv"], x)
         if cfg.norm == "group":
             x = group_norm(layer["norm"], x, cfg.groups)
-        x = F.relu(x)
+        # Pool before the ReLU: the same values (a max commutes with a monotone map) on a
+        # quarter of the elements, and inductor's fused ReLU-then-pool backward on the CPU ran
+        # at half the speed of this order.
         if (index + 1) % cfg.convs_per_stage == 0:
             x = max_pool2d(x, 2)
+        x = F.relu(x)
     x = global_avg_pool(x) if cfg.head == "global_avg" else x.flatten(1)
     keys = _dropout_keys(rng, cfg)
     if cfg.hidden:
