@@ -142,12 +142,8 @@ def fit(
         task=task,
         read_state=lambda: holder["state"],
     )
-    # MFU counts this process's share of the work against this device's peak.
     example_flops = spec.flops(setup.model_cfg, task.example_shape(spec, setup.model_cfg))
     peak = peak_flops(device)
-    step_flops = (
-        example_flops * train.batch_size / world.size if example_flops and peak else None
-    )
     checkpointer = Checkpointer(
         setup, train.checkpoint_every, train.keep_checkpoints, writes=world.main,
         whole=shards.full_state if shards is not None else None,
@@ -199,8 +195,8 @@ def fit(
             weight = metrics.pop("weight")
             metrics.update({task.unit: weight, f"{task.unit}_per_s": weight / elapsed})
             metrics["step_time_s"] = elapsed
-            if step_flops is not None and peak:
-                metrics["mfu"] = step_flops / elapsed / peak
+            if example_flops and peak:
+                metrics["mfu"] = mfu(example_flops, train.batch_size, world.size, elapsed, peak)
             last_step = step == train.steps
             if train.eval_every and step % train.eval_every == 0 and not last_step:
                 run_eval(step, whole=False)
@@ -320,6 +316,12 @@ def _device(name: str, local_rank: int) -> torch.device:
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)  # one GPU per torchrun process
+
+
+def mfu(example_flops: float, batch_size: int, ranks: int, seconds: float, peak: float) -> float:
+    """Model FLOPs utilisation of one process: its share of the global batch (batch_size /
+    ranks examples) per second, against its own device's peak."""
+    return example_flops * (batch_size / ranks) / seconds / peak
 
 
 def _run_line(setup: Setup, device: torch.device, world: distributed.World, params: int) -> str:
