@@ -131,3 +131,16 @@ def test_schedules_stay_between_zero_and_peak(
 def test_warmup_longer_than_training_is_refused() -> None:
     with pytest.raises(ValueError, match="warmup_steps=300 exceeds total_steps=200"):
         Schedule(warmup_steps=300, total_steps=200)
+
+
+def test_schedule_length_follows_the_run_unless_set() -> None:
+    from craft.errors import ConfigError
+
+    assert Schedule(kind="warmup_cosine", warmup_steps=10).for_run(5000).total_steps == 5000
+    assert Schedule(total_steps=300, warmup_steps=10).for_run(5000).total_steps == 300
+    with pytest.raises(ConfigError, match="warmup_steps = 100 exceeds the run's 30 steps"):
+        Schedule(warmup_steps=100).for_run(30)
+    decayed = Schedule(peak_lr=1.0, final_lr=0.0, warmup_steps=1).for_run(100)
+    assert float(decayed(99)) < 1e-3  # ends at final_lr on the run's last step
+    with pytest.raises(ValueError, match="call for_run"):
+        Schedule(kind="wsd")(3)

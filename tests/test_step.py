@@ -228,3 +228,41 @@ def test_bad_step_options_are_refused() -> None:
     step = make_train_step(LOSS, AdamW(), CONSTANT, accum_steps=3, compile=False)
     with pytest.raises(ValueError, match="batch size 4 is not divisible by accum_steps=3"):
         step(init_state(gpt.init(CFG, seed=0), AdamW()), batch(4))
+
+
+def test_any_batch_keys_and_the_loss_weight_normalise_the_step() -> None:
+    """A regression batch {"x", "y"}: the step splits every key, and accumulation weighs each
+    micro-batch by the weight its loss returns, so 2 micro-batches equal 1 big batch."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.randn(8)
+    weights = torch.tensor([1.0, 1, 1, 1, 3, 3, 3, 3])
+
+    def loss(params: dict, micro: dict, *, rng: torch.Tensor | None) -> tuple:
+        err = (micro["x"] @ params["w"] - micro["y"]) ** 2 * micro["w"]
+        weight = micro["w"].sum()
+        return err.sum() / weight, {"weight": weight}
+
+    def final(accum: int) -> torch.Tensor:
+        state = init_state({"w": torch.zeros(3)}, SGD_, seed=0)
+        step = make_train_step(loss, SGD_, CONSTANT, accum_steps=accum, compile=False)
+        for _ in range(3):
+            state, metrics = step(state, {"x": x, "y": y, "w": weights})
+        assert float(metrics["weight"]) == 16.0
+        assert set(metrics) == {"loss", "lr", "grad_norm", "weight"}  # fp32: no loss scale
+        return state.params["w"]
+
+    torch.testing.assert_close(final(2), final(1))
+
+
+def test_params_record_no_graph_outside_the_step() -> None:
+    state, _ = run(1, [batch(2)], compile=False)
+    assert not any(p.requires_grad for p in tree.leaves(state.params))
+    logits = gpt.apply(state.params, batch(2)["inputs"], CFG)
+    assert logits.grad_fn is None and not logits.requires_grad
+
+
+def test_empty_batch_is_refused() -> None:
+    state = init_state(gpt.init(CFG, seed=0), SGD_)
+    step = make_train_step(LOSS, SGD_, CONSTANT, compile=False)
+    with pytest.raises(ValueError, match="the batch is empty"):
+        step(state, {})

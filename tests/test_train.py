@@ -238,3 +238,18 @@ def test_state_tree_names_are_stable() -> None:
         "params.blocks.0.ln1.scale",
     ]
     assert names[-4:] == ["step", "rng", "loss_scale.scale", "loss_scale.good_steps"]
+
+
+def test_mfu_counts_this_process_share_of_the_batch() -> None:
+    from craft.train.loop import mfu
+
+    one = mfu(6e6, batch_size=64, ranks=1, seconds=0.5, peak=1e12)
+    assert one == pytest.approx(6e6 * 64 / 0.5 / 1e12)
+    # Two ranks each do half the global batch in the same time on their own device.
+    assert mfu(6e6, batch_size=64, ranks=2, seconds=0.5, peak=1e12) == pytest.approx(one / 2)
+
+
+def test_fetch_names_the_sources_it_serves(run_cli: CliRunner) -> None:
+    result = run_cli("fetch", "imagenet")
+    assert result.returncode == 2
+    assert "unknown source 'imagenet': expected one of got, mnist" in result.stderr
