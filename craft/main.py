@@ -11,7 +11,6 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import fire
 from pydantic import BaseModel
@@ -20,7 +19,7 @@ from craft import config, launch
 from craft.checkpoint import resolve as resolve_checkpoint
 from craft.config import ModelT
 from craft.data.config import DataConfig, TokenizerConfig
-from craft.data.prepare import default_prepared_dir, prepare
+from craft.data.prepare import PreparedData, default_prepared_dir, prepare
 from craft.data.sources import fetch as fetch_source
 from craft.data.sources import resolve_source
 from craft.data.text import read_text
@@ -233,8 +232,8 @@ def _model_size(configs: dict[str, BaseModel]) -> str:
     one = spec.param_count(model.model_copy(update={field: 1}))
     per_entry = spec.param_count(model.model_copy(update={field: 2})) - one
     return (
-        f"# {label}: {one - per_entry:,} parameters + {per_entry:,} per {field.removesuffix('_size')} "
-        "entry (it comes from the dataset once it is prepared)"
+        f"# {label}: {one - per_entry:,} parameters + {per_entry:,} per "
+        f"{field.removesuffix('_size')} entry (it comes from the dataset once it is prepared)"
     )
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from collections.abc import Iterable
 from pathlib import Path
-
-import difflib
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 

@@ -104,7 +104,9 @@ def test_evaluate_refuses_what_is_not_a_checkpoint(run_cli: CliRunner, tmp_path:
 def test_loss_weighs_by_images_and_counts_correct_ones(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     write_digits(data_dir, train=200, test=50)
-    task = Classification.open({"ImageDataConfig": ImageDataConfig(data_dir=str(data_dir), val_size=20)})
+    task = Classification.open(
+        {"ImageDataConfig": ImageDataConfig(data_dir=str(data_dir), val_size=20)}
+    )
     spec = model_spec("cnn")
     cfg = task.fill_model_config(spec, spec.config(channels=(4,), hidden=0))
     params = spec.init(cfg, seed=0)
@@ -118,6 +120,8 @@ def test_loss_weighs_by_images_and_counts_correct_ones(tmp_path: Path) -> None:
     logits = spec.apply(params, task.normalize(batches[0]["images"]), cfg)
     assert int(aux["weight"]) == 16
     assert int(aux["correct"]) == int((logits.argmax(-1) == batches[0]["labels"]).sum())
-    assert float(loss) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, batches[0]["labels"].long())))
+    assert float(loss) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, batches[0]["labels"].long()))
+    )
     summary = task.summarize({"loss_sum": 8.0, "weight": 16.0, "correct": 12.0}, "test", whole=True)
     assert summary == {"loss": 0.5, "accuracy": 0.75, "images": 16.0}

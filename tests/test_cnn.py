@@ -28,8 +28,16 @@ CNN_CONFIGS = [
     cnn.CNNConfig(num_classes=10),
     cnn.CNNConfig(num_classes=7, channels=(8, 16, 16), kernel=3, hidden=0, head="global_avg"),
     cnn.CNNConfig(
-        num_classes=5, in_channels=3, image_size=12, channels=(8, 16), convs_per_stage=2,
-        kernel=3, norm="group", groups=4, hidden=24, dropout=0.3,
+        num_classes=5,
+        in_channels=3,
+        image_size=12,
+        channels=(8, 16),
+        convs_per_stage=2,
+        kernel=3,
+        norm="group",
+        groups=4,
+        hidden=24,
+        dropout=0.3,
     ),  # fmt: skip
 ]
 MLP_CONFIGS = [
@@ -172,9 +180,7 @@ shapes = st.tuples(
 
 @settings(max_examples=30, deadline=None)
 @given(shapes, st.one_of(st.just("same"), st.integers(0, 2)), st.booleans())
-def test_conv2d_equals_nn_conv2d(
-    shape: tuple[int, ...], padding: str | int, bias: bool
-) -> None:
+def test_conv2d_equals_nn_conv2d(shape: tuple[int, ...], padding: str | int, bias: bool) -> None:
     b, c_in, c_out, k, h, w, stride = shape
     params = init_conv2d(c_in, c_out, k, torch.Generator().manual_seed(0), bias=bias)
     pad = k // 2 if padding == "same" else padding
@@ -192,9 +198,7 @@ def test_conv2d_equals_nn_conv2d(
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    st.integers(1, 3), st.integers(3, 9), st.integers(3, 9), st.integers(1, 3), st.floats(-5, 5)
-)
+@given(st.integers(1, 3), st.integers(3, 9), st.integers(3, 9), st.integers(1, 3), st.floats(-5, 5))
 def test_pooling_laws(c: int, h: int, w: int, size: int, shift: float) -> None:
     x = torch.randn(2, c, h, w)
     top = max_pool2d(x, size)

@@ -66,9 +66,7 @@ def test_include_and_macro(tmp_path: Path) -> None:
 def test_flags_override_gin_and_are_validated(tmp_path: Path) -> None:
     config.parse([], ["DataConfig.window = 64"])
     assert config.build(DataConfig, {"window": 8, "source": None}).window == 8
-    with pytest.raises(
-        ConfigError, match=r"DataConfig.window = -3 \(flag --block\): .*greater"
-    ):
+    with pytest.raises(ConfigError, match=r"DataConfig.window = -3 \(flag --block\): .*greater"):
         config.build(DataConfig, {"window": -3}, flag_names={"window": "block"})
 
 

@@ -56,7 +56,9 @@ class ModelSpec:
         return None if self.context is None else self.context(cfg)
 
 
-def lookup(registry: Mapping[str, ModelSpec], name: str, what: str = "TrainConfig.model") -> ModelSpec:
+def lookup(
+    registry: Mapping[str, ModelSpec], name: str, what: str = "TrainConfig.model"
+) -> ModelSpec:
     """The spec registered as `name`, or a ConfigError that lists the close names."""
     if name in registry:
         return registry[name]

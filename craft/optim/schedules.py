@@ -23,7 +23,7 @@ class Schedule(BaseModel):
     final_lr: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
     total_steps: int | None = Field(None, gt=0)
-    """Where the schedule ends; None: TrainConfig.steps (set it only to end elsewhere on purpose)."""
+    """Where the schedule ends; None: TrainConfig.steps (set it to end elsewhere on purpose)."""
     decay_fraction: float = Field(0.2, gt=0, le=1)
     """wsd only: the share of total_steps spent decaying to final_lr."""
 

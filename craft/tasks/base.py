@@ -54,9 +54,7 @@ class Task(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def for_checkpoint(
-        cls, meta: dict[str, Any], directory: Path, data_dir: str | None
-    ) -> Task:
+    def for_checkpoint(cls, meta: dict[str, Any], directory: Path, data_dir: str | None) -> Task:
         """The task a checkpoint was trained on, for evaluation: what the checkpoint carries
         (`checkpoint_meta`, files beside it) and the data found from `data_dir` (the command
         line), never from paths stored in the checkpoint."""
@@ -80,7 +78,9 @@ class Task(abc.ABC):
         """One training example's shape as the model sees it, for `flops_per_example`."""
 
     @abc.abstractmethod
-    def loss(self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None) -> LossOut:
+    def loss(
+        self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None
+    ) -> LossOut:
         """(mean loss, {"weight": n, ...sums}): sums add up over batches and ranks."""
 
     @abc.abstractmethod

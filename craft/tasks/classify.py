@@ -107,7 +107,9 @@ class Classification(Task):
         """uint8 pixels to floats with the training set's mean 0 and std 1."""
         return (pixels.float() * (1.0 / 255.0) - self.mean) * (1.0 / self.std)
 
-    def loss(self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None) -> LossOut:
+    def loss(
+        self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None
+    ) -> LossOut:
         labels = batch["labels"]
         logits = apply(params, self.normalize(batch["images"]), rng=rng)
         loss = F.cross_entropy(logits.float(), labels)

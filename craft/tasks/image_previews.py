@@ -89,9 +89,13 @@ def _grid(
         ax.imshow(pixels[index].transpose(1, 2, 0).squeeze(-1), cmap="gray")
         ok = predicted[index] == labels[index]
         wrong += not ok
-        title = names[predicted[index]] if ok else f"{names[predicted[index]]} ({names[labels[index]]})"
+        title = (
+            names[predicted[index]] if ok else f"{names[predicted[index]]} ({names[labels[index]]})"
+        )
         ax.set_title(title, color="black" if ok else "red", fontsize=9)
-    fig.suptitle(f"test predictions at step {step}: {wrong} wrong of {len(labels)} (red: predicted (true))")
+    fig.suptitle(
+        f"test predictions at step {step}: {wrong} wrong of {len(labels)} (red: predicted (true))"
+    )
     fig.savefig(path, dpi=80)
     return path
 

@@ -129,7 +129,9 @@ class LanguageModeling(Task):
     # -- model -----------------------------------------------------------------------------
 
     def fill_model_config(self, spec: ModelSpec, cfg: BaseModel) -> BaseModel:
-        cfg = fill_field(cfg, "vocab_size", int(self.meta["vocab_size"]), "the dataset's vocabulary")
+        cfg = fill_field(
+            cfg, "vocab_size", int(self.meta["vocab_size"]), "the dataset's vocabulary"
+        )
         context = spec.max_length(cfg)
         window = self.data.window or context
         if window is None:
@@ -149,7 +151,9 @@ class LanguageModeling(Task):
     def example_shape(self, spec: ModelSpec, cfg: BaseModel) -> tuple[int, ...]:
         return (self._window(),)
 
-    def loss(self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None) -> LossOut:
+    def loss(
+        self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None
+    ) -> LossOut:
         return next_token_loss(apply(params, batch["inputs"], rng=rng), batch["targets"])
 
     def summarize(self, sums: dict[str, float], split: str, *, whole: bool) -> dict[str, float]:
@@ -167,7 +171,9 @@ class LanguageModeling(Task):
             if split not in self._chars:
                 self._chars[split] = len(self.tokenizer.decode(tokens))
             if self._chars[split]:
-                results["bits_per_char"] = results["bits_per_token"] * len(tokens) / self._chars[split]
+                results["bits_per_char"] = (
+                    results["bits_per_token"] * len(tokens) / self._chars[split]
+                )
         return results
 
     # -- checkpoints and previews ----------------------------------------------------------

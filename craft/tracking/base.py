@@ -69,7 +69,9 @@ class Trackers(Tracker):
         try:
             getattr(tracker, method)(*args)
         except Exception as error:
-            warn(f"{type(tracker).__name__}.{method} failed ({one_line(error)}); going on without it")
+            warn(
+                f"{type(tracker).__name__}.{method} failed ({one_line(error)}); going on without it"
+            )
             self.trackers.remove(tracker)
 
 

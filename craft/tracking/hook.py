@@ -30,9 +30,12 @@ def make_trackers(
     if mode != "disabled":
         trackers.append(
             WandbTracker(
-                run_dir, mode=mode, project=cfg.wandb_project, config=configs,
+                run_dir,
+                mode=mode,
+                project=cfg.wandb_project,
+                config=configs,
                 every=math.lcm(cfg.log_every, cfg.wandb_every),
-            )  # fmt: skip
+            )
         )
     return Trackers([*trackers, *extra])
 

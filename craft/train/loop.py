@@ -107,7 +107,9 @@ def fit(
     checkpoints = run_dir / "checkpoints"
     # The whole state is built (and a checkpoint loaded) on the CPU; a sharded run moves only
     # its slice of the optimizer state to the device.
-    state = init_state(spec.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed)
+    state = init_state(
+        spec.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed
+    )
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
     shards = None
@@ -327,9 +329,7 @@ def mfu(example_flops: float, batch_size: int, ranks: int, seconds: float, peak:
 def _run_line(setup: Setup, device: torch.device, world: distributed.World, params: int) -> str:
     """The run's first line: device, ranks and backend, task, model and its size."""
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
-    ranks = (
-        f"{world.size} ranks ({distributed.backend()})" if world.size > 1 else "1 process"
-    )
+    ranks = f"{world.size} ranks ({distributed.backend()})" if world.size > 1 else "1 process"
     return (
         f"craft: {device}{threads}, {ranks}; task {setup.task.name}; "
         f"model {setup.spec.name}, {params:,} parameters"

@@ -183,7 +183,9 @@ def make_train_step(
                 p.grad = None
                 p.requires_grad_(False)
 
-    def run(state: TrainState, batch: Batch, params: list[torch.Tensor]) -> tuple[TrainState, Metrics]:
+    def run(
+        state: TrainState, batch: Batch, params: list[torch.Tensor]
+    ) -> tuple[TrainState, Metrics]:
         if graphs:
             _mark_static(state)
             torch.compiler.cudagraph_mark_step_begin()
