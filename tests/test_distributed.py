@@ -156,3 +156,40 @@ def test_checkpoints_move_between_world_sizes(
     assert set(a) == set(b)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0.0)
+
+
+def test_mnist_trains_data_parallel_like_one_process(tmp_path: Path) -> None:
+    """The classify task under torchrun: 2 gloo ranks end where 1 process does (SGD: see
+    above), and the run's first line names the ranks and the backend."""
+    from tests.digits import write_digits
+
+    write_digits(tmp_path / "data", train=300, test=100)
+    (tmp_path / "digits.gin").write_text(
+        "include 'mnist.gin'\nRunConfig.name = 'digits'\nImageDataConfig.val_size = 50\n"
+        "CNNConfig.channels = (4, 8)\nCNNConfig.hidden = 16\nTrainConfig.steps = 6\n"
+        "TrainConfig.batch_size = 16\nTrainConfig.optimizer = 'sgd'\nTrainConfig.compile = False\n"
+        "TrainConfig.eval_every = 0\nTrainConfig.sample_every = 0\nSchedule.kind = 'constant'\n"
+        "Schedule.peak_lr = 0.05\nMetricsConfig.wandb = 'disabled'\n"
+        "MetricsConfig.progress_bar = False\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def craft(ranks: int) -> tuple[subprocess.CompletedProcess[str], Path]:
+        before = set((tmp_path / "outputs").rglob("step-*.safetensors"))
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+        command = [sys.executable, *(launcher if ranks > 1 else []), "-m", "craft.main",
+                   "--gin_file=digits.gin"]  # fmt: skip
+        result = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        [new] = set((tmp_path / "outputs").rglob("step-*.safetensors")) - before
+        return result, new
+
+    two, parallel = craft(2)
+    assert "2 ranks (gloo); task classify; model cnn" in two.stdout
+    one, single = craft(1)
+    assert "1 process; task classify" in one.stdout
+    a, b = load_file(parallel), load_file(single)
+    for name in (n for n in a if n.startswith("params.")):
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0.0)
