@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.baseline_gpt import BaselineGPT, load_craft_params  # noqa: E402
+import craft.launch  # noqa: E402, F401  (registers every configurable the gin files bind)
 from craft import config  # noqa: E402
 from craft.data.datasets import eval_batches, train_batch  # noqa: E402
 from craft.data.prepare import default_prepared_dir, open_split, read_meta  # noqa: E402
@@ -56,13 +57,13 @@ def craft_run(overrides: list[str]) -> dict[str, object]:
     if result.returncode != 0:
         raise SystemExit(f"craft run failed:\n{result.stderr[-3000:]}")
     lines = result.stdout.splitlines()
-    val = next(x for x in lines if x.startswith("val loss"))
+    val = next(x for x in lines if x.startswith("val: loss"))
     status = next(x for x in lines if x.startswith("status:"))
     return {
         "impl": "craft",
         "seconds": round(seconds, 1),
         "loop_seconds": float(status.split(" in ")[1].split()[0]),
-        "val_loss": float(val.split()[2].rstrip(",")),
+        "val_loss": float(val.split()[2].rstrip(",")),  # "val: loss 1.3900, perplexity ..."
         "overrides": overrides,
     }
 
@@ -71,7 +72,7 @@ def craft_run(overrides: list[str]) -> dict[str, object]:
 def val_loss(model: BaselineGPT, tokens: object, block_size: int) -> float:
     model.eval()
     nats, count = 0.0, 0
-    for batch in eval_batches(tokens, block_size=block_size, batch_size=64):  # type: ignore[arg-type]
+    for batch in eval_batches(tokens, window=block_size, batch_size=64):  # type: ignore[arg-type]
         n = int((batch["targets"] >= 0).sum())
         nats += float(model(batch["inputs"], batch["targets"])) * n
         count += n
@@ -86,11 +87,12 @@ def conventional_run(compile_model: bool) -> dict[str, object]:
     train, data, tok = configs["TrainConfig"], configs["DataConfig"], configs["TokenizerConfig"]
     schedule, adamw, model_cfg = configs["Schedule"], configs["AdamW"], configs["GPTConfig"]
     assert isinstance(train, TrainConfig) and isinstance(schedule, Schedule)
+    schedule = schedule.for_run(train.steps)
     assert isinstance(adamw, AdamW) and isinstance(model_cfg, gpt.GPTConfig)
     directory = default_prepared_dir(data, tok)  # type: ignore[arg-type]
     train_tokens, val_tokens = open_split(directory, "train"), open_split(directory, "val")
     cfg = model_cfg.model_copy(update={"vocab_size": read_meta(directory)["vocab_size"]})
-    block = data.block_size  # type: ignore[attr-defined]
+    block = data.window or model_cfg.block_size  # type: ignore[attr-defined]
     torch.manual_seed(0)
     model = load_craft_params(BaselineGPT(cfg), gpt.init(cfg, seed=0))
     matrices = [
@@ -113,7 +115,7 @@ def conventional_run(compile_model: bool) -> dict[str, object]:
         if step < schedule.warmup_steps:
             return schedule.peak_lr * (step + 1) / schedule.warmup_steps
         progress = min(
-            1.0, (step - schedule.warmup_steps) / (schedule.total_steps - schedule.warmup_steps)
+            1.0, (step - schedule.warmup_steps) / (schedule.total - schedule.warmup_steps)
         )
         return schedule.final_lr + 0.5 * (schedule.peak_lr - schedule.final_lr) * (
             1 + math.cos(math.pi * progress)
@@ -124,7 +126,7 @@ def conventional_run(compile_model: bool) -> dict[str, object]:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         batch = train_batch(
-            train_tokens, block_size=block, batch_size=train.batch_size, seed=0, step=step
+            train_tokens, window=block, batch_size=train.batch_size, seed=0, step=step
         )
         loss = forward(batch["inputs"], batch["targets"])
         loss.backward()
