@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.baseline_gpt import BaselineGPT, load_craft_params  # noqa: E402
 import craft.launch  # noqa: E402, F401  (registers every configurable the gin files bind)
+from benchmarks.baseline_gpt import BaselineGPT, load_craft_params  # noqa: E402
 from craft import config  # noqa: E402
 from craft.data.datasets import eval_batches, train_batch  # noqa: E402
 from craft.data.prepare import default_prepared_dir, open_split, read_meta  # noqa: E402

@@ -282,6 +282,14 @@ def _bind(statement: Any, where: str) -> None:
     _ORIGINS[(name, field)] = where
 
 
+def unknown_name(what: str, name: str, choices: Iterable[str]) -> str:
+    """`'cnnn' is not a registered model (registered: ...); did you mean 'cnn'?`"""
+    names = list(choices)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?" if close else ""
+    return f"{name!r} is not a registered {what} (registered: {', '.join(names)}){hint}"
+
+
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
     if close:

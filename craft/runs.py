@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,9 +31,7 @@ class RunConfig(BaseModel):
         from craft.tasks import TASKS  # tasks sit above this module: looked up when validating
 
         if name not in TASKS:
-            close = difflib.get_close_matches(name, list(TASKS), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"{name!r} is not a registered task ({', '.join(TASKS)}){hint}")
+            raise ValueError(config.unknown_name("task", name, TASKS))
         return name
 
 

@@ -21,9 +21,7 @@ def train_batch(tokens: np.ndarray, *, window: int, batch_size: int, seed: int, 
     """`batch_size` random windows of `window + 1` tokens: inputs and next-token targets."""
     windows = len(tokens) - window
     if windows < 1:
-        raise DataError(
-            f"a split of {len(tokens)} tokens holds no window of {window} + 1 tokens"
-        )
+        raise DataError(f"a split of {len(tokens)} tokens holds no window of {window} + 1 tokens")
     generator = torch.Generator().manual_seed(_mix(seed, step))
     starts = torch.randint(0, windows, (batch_size,), generator=generator).numpy()
     rows = np.stack([np.asarray(tokens[s : s + window + 1], dtype=np.int64) for s in starts])
@@ -51,6 +49,8 @@ def eval_batches(tokens: np.ndarray, *, window: int, batch_size: int) -> Iterato
 
 def _mix(seed: int, step: int) -> int:
     """A 63-bit generator seed from (seed, step), different for every pair in practice."""
-    value = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & (2**64 - 1)
+    value = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & (
+        2**64 - 1
+    )
     value ^= value >> 31
     return value & (2**63 - 1)

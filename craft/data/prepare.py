@@ -214,4 +214,3 @@ def default_prepared_dir(data: DataConfig, tokenizer: TokenizerConfig) -> Path:
     else:
         suffix = f"{tokenizer.model_type}{tokenizer.vocab_size}"
     return Path(data.data_dir) / "prepared" / f"{name}-{suffix}"
-

@@ -209,7 +209,7 @@ TOKENIZERS: dict[str, type[CharTokenizer] | type[SentencePieceTokenizer]] = {
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    """Load a saved tokenizer; the file suffix says which kind (.json char, .model SentencePiece)."""
+    """Load a saved tokenizer; its suffix says which kind (.json char, .model SentencePiece)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer file not found: {path}")

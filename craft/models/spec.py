@@ -6,7 +6,6 @@ Tasks, the loop and the CLI see a model only through its spec: they never import
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel
 
+from craft.config import unknown_name
 from craft.errors import ConfigError
 from craft.tree import Params
 
@@ -62,8 +62,4 @@ def lookup(
     """The spec registered as `name`, or a ConfigError that lists the close names."""
     if name in registry:
         return registry[name]
-    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(
-        f"{what} = {name!r} is not a registered model (registered: {', '.join(registry)}){hint}"
-    )
+    raise ConfigError(f"{what} = {unknown_name('model', name, registry)}")

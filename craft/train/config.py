@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from craft.config import configurable
+from craft.config import configurable, unknown_name
 from craft.models import MODELS
 from craft.train.step import CompileMode
 
@@ -62,11 +61,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _registered_model(cls, name: str) -> str:
         if name not in MODELS:
-            close = difflib.get_close_matches(name, list(MODELS), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(
-                f"{name!r} is not a registered model (registered: {', '.join(MODELS)}){hint}"
-            )
+            raise ValueError(unknown_name("model", name, MODELS))
         return name
 
     @model_validator(mode="after")

