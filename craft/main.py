@@ -206,6 +206,7 @@ class Commands:
 
 
 _SHORT = {"vocab_size": "vocab", "num_classes": "classes"}
+_PER = {"vocab_size": "vocabulary entry", "num_classes": "class"}
 
 
 def _model_size(configs: dict[str, BaseModel]) -> str:
@@ -233,7 +234,7 @@ def _model_size(configs: dict[str, BaseModel]) -> str:
     per_entry = spec.param_count(model.model_copy(update={field: 2})) - one
     return (
         f"# {label}: {one - per_entry:,} parameters + {per_entry:,} per "
-        f"{field.removesuffix('_size')} entry (it comes from the dataset once it is prepared)"
+        f"{_PER.get(field, field)} ({field} comes from the dataset once it is prepared)"
     )
 
 

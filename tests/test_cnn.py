@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -38,7 +40,7 @@ CNN_CONFIGS = [
         groups=4,
         hidden=24,
         dropout=0.3,
-    ),  # fmt: skip
+    ),
 ]
 MLP_CONFIGS = [
     mlp.MLPConfig(num_classes=10),
@@ -100,11 +102,11 @@ def _linear(params: tree.Params) -> nn.Linear:
 
 
 @pytest.mark.parametrize(("model", "cfg"), MODELS, ids=IDS)
-def test_logits_shape_and_param_count(model: object, cfg: cnn.CNNConfig) -> None:
-    params = model.init(cfg, seed=0)  # type: ignore[attr-defined]
-    logits = model.apply(params, images(cfg, b=3), cfg)  # type: ignore[attr-defined]
+def test_logits_shape_and_param_count(model: ModuleType, cfg: Any) -> None:
+    params = model.init(cfg, seed=0)
+    logits = model.apply(params, images(cfg, b=3), cfg)
     assert logits.shape == (3, cfg.classes())
-    assert model.param_count(cfg) == tree.count(params)  # type: ignore[attr-defined]
+    assert model.param_count(cfg) == tree.count(params)
 
 
 @pytest.mark.parametrize("cfg", CNN_CONFIGS, ids=IDS[: len(CNN_CONFIGS)])
@@ -127,7 +129,7 @@ def test_mlp_matches_the_reference_module(cfg: mlp.MLPConfig) -> None:
 
 def test_fresh_models_start_near_uniform() -> None:
     for model, cfg in ((cnn, CNN_CONFIGS[0]), (mlp, MLP_CONFIGS[0])):
-        logits = model.apply(model.init(cfg, seed=0), images(cfg, b=64), cfg)  # type: ignore[attr-defined]
+        logits = model.apply(model.init(cfg, seed=0), images(cfg, b=64), cfg)
         # The loss averaged over every possible label: ln(classes) for exactly uniform logits.
         loss = (logits.logsumexp(-1) - logits.mean(-1)).mean()
         assert abs(loss.item() - math.log(10)) < 0.2
@@ -140,9 +142,9 @@ DROPOUT = [
 
 
 @pytest.mark.parametrize(("model", "cfg"), DROPOUT, ids=["cnn", "mlp"])
-def test_dropout_follows_the_key(model: object, cfg: cnn.CNNConfig) -> None:
-    apply = model.apply  # type: ignore[attr-defined]
-    params, x = model.init(cfg, seed=0), images(cfg, b=6)  # type: ignore[attr-defined]
+def test_dropout_follows_the_key(model: ModuleType, cfg: Any) -> None:
+    apply = model.apply
+    params, x = model.init(cfg, seed=0), images(cfg, b=6)
     torch.testing.assert_close(apply(params, x, cfg), apply(params, x, cfg), rtol=0, atol=0)
     a, b = apply(params, x, cfg, rng=key(7)), apply(params, x, cfg, rng=key(7))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -151,9 +153,9 @@ def test_dropout_follows_the_key(model: object, cfg: cnn.CNNConfig) -> None:
 
 
 @pytest.mark.parametrize(("model", "cfg"), DROPOUT, ids=["cnn", "mlp"])
-def test_a_rows_output_depends_only_on_its_row_and_key(model: object, cfg: cnn.CNNConfig) -> None:
-    apply = model.apply  # type: ignore[attr-defined]
-    params, x = model.init(cfg, seed=0), images(cfg, b=6)  # type: ignore[attr-defined]
+def test_a_rows_logits_depend_only_on_its_row_and_key(model: ModuleType, cfg: Any) -> None:
+    apply = model.apply
+    params, x = model.init(cfg, seed=0), images(cfg, b=6)
     keys = fold_in(key(3), torch.arange(6))
     full = apply(params, x, cfg, rng=keys)
     picked = torch.tensor([4, 1])
@@ -256,7 +258,7 @@ def test_specs() -> None:
 )
 def test_cnn_config_errors(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
-        cnn.CNNConfig(**fields)  # type: ignore[arg-type]
+        cnn.CNNConfig(**fields)
 
 
 def test_mlp_config_errors() -> None:
