@@ -21,7 +21,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [f"{split}: {', '.join(parts)}" for split, parts in by_split.items()]
     if summary.get("best_val_loss") is not None:
         lines.append(f"best val loss {summary['best_val_loss']:.4f}")
-    lines.append(f"checkpoint: {summary['checkpoint']}")
+    lines.append(f"checkpoint: {summary['checkpoint'] or 'none written'}")
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)
 
