@@ -54,6 +54,11 @@ class TrainConfig(BaseModel):
     shard_optimizer: bool = False
     """Under torchrun: each rank keeps only its 1/N slice of the optimizer state (ZeRO-1);
     gradients are reduce-scattered and params all-gathered instead of one all-reduce."""
+    deterministic: bool | None = None
+    """Bit-identical compiled runs for the same config and seed (PyTorch's deterministic mode
+    in the compiled forward and backward). None: on for the CPU, where it costs nothing
+    measurable; off on GPUs, where it would swap some kernels (e.g. attention's backward) for
+    slower ordered ones. Eager runs are bit-identical either way."""
     hooks: list[str] = []
     """Extra hooks, as import paths of Hook classes: ['my_package.hooks.MyHook']."""
 

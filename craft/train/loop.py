@@ -132,6 +132,8 @@ def fit(
         compile_mode=train.compile_mode,
         grad_sync=distributed.all_reduce_sum if world.size > 1 and shards is None else None,
         shards=shards, rank=world.rank,
+        deterministic=train.deterministic if train.deterministic is not None
+        else device.type == "cpu",
     )  # fmt: skip
     holder = {"state": state}
     run = RunInfo(

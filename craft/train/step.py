@@ -14,7 +14,8 @@ step runs, so code outside it (evaluation, hooks, sampling) records no autograd 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args
 
 import torch
@@ -54,6 +55,7 @@ def make_train_step(
     grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
     shards: OptimizerShards | None = None,
     rank: int | None = None,
+    deterministic: bool = True,
 ) -> StepFn:
     """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"weight": n, ...})`.
 
@@ -80,6 +82,13 @@ def make_train_step(
       Its rows of the global batch start at `rank x local batch`, and each row's dropout key
       follows its global row, so the masks do not depend on how the batch is split over ranks
       and micro-batches.
+
+    - deterministic: run the compiled forward and backward in PyTorch's deterministic mode.
+      Inductor lowers an accumulating scatter (an embedding's backward) to float atomic adds
+      from several threads, whose order follows thread timing: two same-seed compiled CPU runs
+      then differ in the last bit from the first step. In deterministic mode it calls ATen's
+      ordered `index_put_` instead (no measurable cost on 2 CPU cores). Eager steps are
+      deterministic either way.
 
     The state given to `step` is consumed: params and optimizer state are updated in place.
     """
@@ -198,8 +207,12 @@ def make_train_step(
         for index, micro in enumerate(micros):
             # One key per row of the global batch: dropout masks follow the data, not the split.
             row_keys = fold_in(step_key, rows + (first_row + index * len(rows)))
-            objective, micro_loss, micro_weight = forward_c(state.params, micro, row_keys, scale)
-            objective.backward()
+            with _deterministic() if deterministic and compile else contextlib.nullcontext():
+                # The backward is compiled lazily on its first call: it must see the mode too.
+                objective, micro_loss, micro_weight = forward_c(
+                    state.params, micro, row_keys, scale
+                )
+                objective.backward()
             if graphs:  # the graph's outputs live in memory that its next replay overwrites
                 micro_loss, micro_weight = micro_loss.clone(), micro_weight.clone()
             loss_sums.append(micro_loss)
@@ -292,6 +305,23 @@ def _sharded_update(
     lr = apply_update(state._replace(params=shards.own(state.params)), shards.split(local), norm)
     shards.gather_params(state.params)
     return norm, lr, torch.zeros((), dtype=torch.int64)
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """PyTorch's deterministic algorithms for the block, restored after it. warn_only: an op
+    without a deterministic version warns instead of raising; uninitialised memory is not
+    NaN-filled (that costs time and changes no result)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
 
 
 def _mark_static(state: TrainState) -> None:
