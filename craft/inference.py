@@ -39,7 +39,11 @@ class Loaded:
         """The task it was trained on, over the data found from `data_dir` (default data/)."""
         if self.task_name not in TASKS:
             raise CheckpointError(f"{self.path} names an unknown task {self.task_name!r}")
-        return TASKS[self.task_name].for_checkpoint(self.meta, self.path.parent, data_dir)
+        task = TASKS[self.task_name].for_checkpoint(self.meta, self.path.parent, data_dir)
+        # As in training: the data must fit the model (vocabulary, classes, image shape), and
+        # the task learns what it takes from the model (a text window).
+        task.fill_model_config(self.spec, self.model_cfg)
+        return task
 
     def loss_fn(self, task: Task) -> Callable[..., Any]:
         return functools.partial(task.loss, functools.partial(self.spec.apply, cfg=self.model_cfg))

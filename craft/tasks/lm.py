@@ -82,7 +82,7 @@ class LanguageModeling(Task):
     def for_checkpoint(
         cls, meta: dict[str, Any], directory: Path, data_dir: str | None
     ) -> LanguageModeling:
-        name = str(meta.get("task_meta", {}).get("tokenizer", ""))
+        name = str((meta.get("task_meta") or {}).get("tokenizer") or meta.get("tokenizer") or "")
         if not name or Path(name).name != name:
             raise DataError(f"the checkpoint names no plain tokenizer file (got {name!r})")
         tokenizer_path = directory / name
@@ -110,7 +110,6 @@ class LanguageModeling(Task):
                 f"{prepared_dir} was prepared with a {task.meta['vocab_size']}-symbol "
                 f"vocabulary, but the checkpoint's tokenizer has {tokenizer.vocab_size}"
             )
-        task.window = int(meta["task_meta"].get("window") or 0) or None
         return task
 
     def split(self, name: str) -> np.ndarray:
