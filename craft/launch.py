@@ -31,6 +31,7 @@ def train(configs: dict[str, BaseModel], resume: str | None = None) -> dict[str,
     world = distributed.world_from_env()
     checkpoint_path = resume_from(resume, run_cfg) if resume else None
     distributed.init(world, timeout_s=train_cfg.dist_timeout_s)
+    finished = False
     try:
         # Rank 0 fetches and prepares the data; the others then find it cached.
         report = task_cls.prepare(configs) if world.main else None
@@ -54,9 +55,10 @@ def train(configs: dict[str, BaseModel], resume: str | None = None) -> dict[str,
         summary = fit(setup, run_dir, hooks=hooks, resume=checkpoint_path, world=world)
         if world.main:
             print_summary(summary)
+        finished = summary["status"] == "finished"
         return summary
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait=finished)
 
 
 def resume_from(spec: str, run_cfg: RunConfig) -> Path:

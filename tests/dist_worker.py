@@ -89,8 +89,9 @@ def main() -> None:
             dying=args.dying, hanging=args.hanging,
         )  # fmt: skip
         save_file(params, str(args.out / f"rank{world.rank}.safetensors"))
-    finally:
         distributed.shutdown()  # without it gloo sometimes aborts the process at exit
+    finally:
+        distributed.shutdown(wait=False)  # after a failure: the others may be gone
 
 
 if __name__ == "__main__":
