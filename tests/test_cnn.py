@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from torch import nn
 
+from benchmarks.baseline_cnn import baseline_cnn
 from craft import tree
 from craft.models import cnn, mlp
 from craft.nn import (
@@ -64,30 +65,6 @@ def perturbed(params: tree.Params) -> tree.Params:
     )
 
 
-def reference_cnn(params: tree.Params, cfg: cnn.CNNConfig) -> nn.Module:
-    """The same network as PyTorch modules, loaded with the same tensors."""
-    layers: list[nn.Module] = []
-    for index, layer in enumerate(params["convs"]):
-        w = layer["conv"]["w"]
-        conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], padding=w.shape[2] // 2)
-        conv.load_state_dict({"weight": w, "bias": layer["conv"]["b"]})
-        layers.append(conv)
-        if cfg.norm == "group":
-            norm = nn.GroupNorm(cfg.groups, w.shape[0])
-            norm.load_state_dict({"weight": layer["norm"]["scale"], "bias": layer["norm"]["bias"]})
-            layers.append(norm)
-        layers.append(nn.ReLU())
-        if (index + 1) % cfg.convs_per_stage == 0:
-            layers.append(nn.MaxPool2d(2))
-    if cfg.head == "global_avg":
-        layers.append(nn.AdaptiveAvgPool2d(1))
-    layers.append(nn.Flatten())
-    if cfg.hidden:
-        layers += [_linear(params["hidden"]), nn.ReLU()]
-    layers.append(_linear(params["head"]))
-    return nn.Sequential(*layers)
-
-
 def reference_mlp(params: tree.Params) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     for layer in params["layers"]:
@@ -114,7 +91,7 @@ def test_cnn_matches_the_reference_module(cfg: cnn.CNNConfig) -> None:
     params = perturbed(cnn.init(cfg, seed=2))
     x = images(cfg, b=5)
     with torch.no_grad():
-        expected = reference_cnn(params, cfg)(x)
+        expected = baseline_cnn(params, cfg).eval()(x)  # eval: no dropout
     torch.testing.assert_close(cnn.apply(params, x, cfg), expected, atol=1e-5, rtol=1e-5)
 
 
