@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from torch import nn
@@ -178,6 +178,7 @@ def test_conv2d_equals_nn_conv2d(shape: tuple[int, ...], padding: str | int, bia
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 3), st.integers(3, 9), st.integers(3, 9), st.integers(1, 3), st.floats(-5, 5))
+@example(c=1, h=3, w=3, size=2, shift=0.0)  # a ragged edge: failed 1 CI run in a few
 def test_pooling_laws(c: int, h: int, w: int, size: int, shift: float) -> None:
     x = torch.randn(2, c, h, w)
     top = max_pool2d(x, size)
@@ -187,7 +188,8 @@ def test_pooling_laws(c: int, h: int, w: int, size: int, shift: float) -> None:
     torch.testing.assert_close(max_pool2d(x + shift, size), top + shift)
     torch.testing.assert_close(max_pool2d(F.relu(x), size), F.relu(top))
     # Every pooled value is one of the inputs of its window.
-    window = x[..., : size * (h // size), : size * (w // size)]
+    # contiguous: torch.isin fails on a strided view (a ragged edge cut off: h=3, size=2).
+    window = x[..., : size * (h // size), : size * (w // size)].contiguous()
     assert torch.isin(top, window).all()
     torch.testing.assert_close(global_avg_pool(x), x.mean(dim=(2, 3)))
 
@@ -250,3 +252,12 @@ def test_num_classes_comes_from_the_data() -> None:
         cnn.init(cnn.CNNConfig(), seed=0)
     with pytest.raises(ValueError, match="num_classes is not set"):
         mlp.param_count(mlp.MLPConfig())
+
+
+@pytest.mark.parametrize(("model", "cfg"), [(cnn, CNN_CONFIGS[0]), (mlp, MLP_CONFIGS[0])])
+def test_images_of_the_wrong_shape_are_refused(model: ModuleType, cfg: Any) -> None:
+    params = model.init(cfg, seed=0)
+    with pytest.raises(ValueError, match=r"do not fit \[B, \*\(1, 28, 28\)\]"):
+        model.apply(params, torch.zeros(2, 1, 32, 32), cfg)
+    with pytest.raises(ValueError, match="do not fit"):
+        model.apply(params, torch.zeros(2, 28, 28), cfg)

@@ -71,6 +71,7 @@ def apply(
 ) -> torch.Tensor:
     """Logits `[B, classes]` for `images` `[B, C, H, W]`; `rng` (a key, or `[B]` keys, one per
     row) turns dropout on, so a row's masks depend only on its own key."""
+    _check_shape(images, cfg)
     x = images.flatten(1)
     keys = None
     if rng is not None and cfg.dropout > 0.0 and cfg.widths:
@@ -93,6 +94,12 @@ def flops_per_example(cfg: MLPConfig, shape: tuple[int, ...]) -> float:
     """Training FLOPs for one `(C, H, W)` image: 3 x (2 x the multiply-adds of its layers)."""
     dims = [math.prod(shape), *cfg.widths, cfg.classes()]
     return 6.0 * sum(d_in * d_out for d_in, d_out in itertools.pairwise(dims))
+
+
+def _check_shape(images: torch.Tensor, cfg: MLPConfig) -> None:
+    expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images of shape {tuple(images.shape)} do not fit [B, *{expected}]")
 
 
 SPEC = ModelSpec(
