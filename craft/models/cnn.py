@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from craft.config import configurable
-from craft.models.spec import ModelSpec
+from craft.models.spec import ModelSpec, check_images
 from craft.nn import (
     conv2d,
     dropout,
@@ -124,7 +124,7 @@ def apply(
 ) -> torch.Tensor:
     """Logits `[B, classes]` for `images` `[B, C, H, W]`; `rng` (a key, or `[B]` keys, one per
     row) turns dropout on, so a row's masks depend only on its own key."""
-    _check_shape(images, cfg)
+    check_images(images, cfg.in_channels, cfg.image_size)
     x = images
     for index, layer in enumerate(params["convs"]):
         x = conv2d(layer["conv"], x)
@@ -185,12 +185,6 @@ def _dropout_keys(rng: torch.Tensor | None, cfg: CNNConfig) -> torch.Tensor | No
 
 def _site(keys: torch.Tensor | None, index: int) -> torch.Tensor | None:
     return None if keys is None else keys[index]
-
-
-def _check_shape(images: torch.Tensor, cfg: CNNConfig) -> None:
-    expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ValueError(f"images of shape {tuple(images.shape)} do not fit [B, *{expected}]")
 
 
 SPEC = ModelSpec(

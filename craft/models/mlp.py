@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from craft.config import configurable
-from craft.models.spec import ModelSpec
+from craft.models.spec import ModelSpec, check_images
 from craft.nn import dropout, fold_in, init_linear, linear
 from craft.tree import Params
 
@@ -72,7 +72,7 @@ def apply(
 ) -> torch.Tensor:
     """Logits `[B, classes]` for `images` `[B, C, H, W]`; `rng` (a key, or `[B]` keys, one per
     row) turns dropout on, so a row's masks depend only on its own key."""
-    _check_shape(images, cfg)
+    check_images(images, cfg.in_channels, cfg.image_size)
     x = images.flatten(1)
     keys = None
     if rng is not None and cfg.dropout > 0.0 and cfg.widths:
@@ -95,12 +95,6 @@ def flops_per_example(cfg: MLPConfig, shape: tuple[int, ...]) -> float:
     """Training FLOPs for one `(C, H, W)` image: 3 x (2 x the multiply-adds of its layers)."""
     dims = [math.prod(shape), *cfg.widths, cfg.classes()]
     return 6.0 * sum(d_in * d_out for d_in, d_out in itertools.pairwise(dims))
-
-
-def _check_shape(images: torch.Tensor, cfg: MLPConfig) -> None:
-    expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ValueError(f"images of shape {tuple(images.shape)} do not fit [B, *{expected}]")
 
 
 SPEC = ModelSpec(

@@ -63,3 +63,10 @@ def lookup(
     if name in registry:
         return registry[name]
     raise ConfigError(f"{what} = {unknown_name('model', name, registry)}")
+
+
+def check_images(images: torch.Tensor, channels: int, size: int) -> None:
+    """Refuse a batch that is not `[B, channels, size, size]`, naming the expected shape."""
+    expected = (channels, size, size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images of shape {tuple(images.shape)} do not fit [B, *{expected}]")
