@@ -62,7 +62,8 @@ def load(
     """Read a checkpoint into a tree shaped like `like`, checking every name, shape and dtype.
 
     With `prefix` (e.g. "params"), only the tensors under it are read and checked. Tensors are
-    copied out of the file (not memory-mapped), so the file may be replaced later.
+    copied out of the file (not memory-mapped), so the file may be replaced later. `like` may
+    live on the meta device (shapes only): its tensors are then read onto the CPU.
     """
     path = Path(path)
     lead = f"{prefix}." if prefix else ""
@@ -97,7 +98,8 @@ def load(
                     f"{path} does not fit the configured model:\n  " + "\n  ".join(problems)
                 )
             for name, want in expected.items():
-                loaded[name.removeprefix(lead)] = handle.get_tensor(name).clone().to(want.device)
+                device = "cpu" if want.device.type == "meta" else want.device
+                loaded[name.removeprefix(lead)] = handle.get_tensor(name).clone().to(device)
     except CheckpointError:
         raise
     except (OSError, safetensors.SafetensorError, ValueError, RuntimeError) as error:
@@ -121,8 +123,31 @@ def read_meta(path: Path) -> dict[str, Any]:
         ) from None
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file without Craft metadata")
-    meta: dict[str, Any] = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: its Craft metadata is not JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path}: its Craft metadata is a JSON {type(meta).__name__}, not an object"
+        )
     return meta
+
+
+def tensor_table(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every tensor's dtype and shape from the file's header, reading no tensor data."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            table = {}
+            names = handle.keys()  # safe_open handles are not iterable
+            for name in names:
+                piece = handle.get_slice(name)
+                table[name] = (piece.get_dtype(), tuple(piece.get_shape()))
+            return table
+    except (OSError, safetensors.SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupted?): {error}"
+        ) from None
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -165,14 +190,23 @@ def prune(directory: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints and the best by val loss."""
     checkpoints = list_checkpoints(directory)
     keep = set(checkpoints[-keep_last:]) if keep_last > 0 else set()
-    losses = {p: read_meta(p).get("val_loss") for p in checkpoints}
-    scored = {p: float(loss) for p, loss in losses.items() if loss is not None}
+    losses = {p: _val_loss(p) for p in checkpoints}
+    scored = {p: loss for p, loss in losses.items() if loss is not None}
     if scored:
         keep.add(min(scored, key=scored.__getitem__))
     removed = [p for p in checkpoints if p not in keep]
     for p in removed:
         p.unlink()
     return removed
+
+
+def _val_loss(path: Path) -> float | None:
+    """A checkpoint's recorded val loss; None when it has none or cannot be read."""
+    try:
+        loss = read_meta(path).get("val_loss")
+        return float(loss) if loss is not None else None
+    except (CheckpointError, TypeError, ValueError):
+        return None
 
 
 _DTYPES = {

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from craft import checkpoint
 from craft.checkpoint import CheckpointError
 from craft.data.tokenizers import Tokenizer, load_tokenizer
 from craft.errors import ConfigError
-from craft.models import MODELS, ModelSpec
+from craft.models import ModelSpec
 from craft.tasks import TASKS, Task
+from craft.train import meta as checkpoint_meta
 from craft.tree import Params
 
 
@@ -39,7 +42,13 @@ class Loaded:
         """The task it was trained on, over the data found from `data_dir` (default data/)."""
         if self.task_name not in TASKS:
             raise CheckpointError(f"{self.path} names an unknown task {self.task_name!r}")
-        task = TASKS[self.task_name].for_checkpoint(self.meta, self.path.parent, data_dir)
+        try:
+            task = TASKS[self.task_name].for_checkpoint(self.meta, self.path.parent, data_dir)
+        except (KeyError, TypeError, ValueError) as error:  # ValidationError is a ValueError
+            raise CheckpointError(
+                f"{self.path}: its metadata does not describe a {self.task_name!r} run "
+                f"({type(error).__name__}: {error})"
+            ) from None
         # As in training: the data must fit the model (vocabulary, classes, image shape), and
         # the task learns what it takes from the model (a text window).
         task.fill_model_config(self.spec, self.model_cfg)
@@ -66,13 +75,17 @@ class Loaded:
 
 
 def load_for_inference(path: Path) -> Loaded:
-    """Params only (no optimizer state), checked against the config saved in the checkpoint."""
+    """Params only (no optimizer state), checked against the config saved in the checkpoint.
+
+    The file is untrusted: its record is validated, the model it claims is counted and then
+    shaped on the meta device against the file's tensor table, and only then are the tensors
+    read, so nothing is allocated that the file does not hold.
+    """
     path = Path(path)
-    meta = checkpoint.read_meta(path)
-    name = meta.get("model")
-    if name not in MODELS:
-        raise CheckpointError(f"{path} names an unknown model {name!r}")
-    spec = MODELS[str(name)]
-    model_cfg = spec.config.model_validate(meta["model_config"])
-    params, _ = checkpoint.load(path, like=spec.init(model_cfg, seed=0), prefix="params")
-    return Loaded(path=path, spec=spec, model_cfg=model_cfg, params=params, meta=meta)
+    meta = checkpoint_meta.read(path)
+    spec, model_cfg = checkpoint_meta.model_of(path, meta)
+    checkpoint_meta.check_model(path, spec, model_cfg)
+    with torch.device("meta"):
+        shapes = spec.init(model_cfg, seed=0)
+    params, _ = checkpoint.load(path, like=shapes, prefix="params")
+    return Loaded(path=path, spec=spec, model_cfg=model_cfg, params=params, meta=meta.as_dict())

@@ -32,6 +32,7 @@ from craft.tasks.base import Task
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
 from craft.train.hooks import Hook, RunInfo
+from craft.train.meta import CheckpointMeta
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
@@ -290,7 +291,9 @@ class Checkpointer(Hook):
             "versions": {"torch": torch.__version__, "craft": importlib.metadata.version("craft")},
         }
         directory = run.run_dir / "checkpoints"
-        path = checkpoint.save(directory, state._asdict(), step, meta)
+        # Through the reader's schema, so that what is written is what readers accept.
+        record = CheckpointMeta.model_validate(meta).as_dict()
+        path = checkpoint.save(directory, state._asdict(), step, record)
         checkpoint.prune(directory, self.keep)
         self.last_saved, self.last_path = step, path
         for hook in self.listeners:

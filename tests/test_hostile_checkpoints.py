@@ -1,0 +1,162 @@
+"""Checkpoints are untrusted input: a hostile or broken record gets one clear error, reads
+nothing outside the checkpoint's folder and allocates nothing the file does not hold."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from craft import checkpoint
+from craft.checkpoint import CheckpointError
+from craft.main import main
+from craft.models import gpt
+from tests.test_train import run_in_process
+
+Edit = Callable[[dict[str, Any]], Any]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny char-level GPT run (4 steps) and its prepared data, shared by the module."""
+    root = tmp_path_factory.mktemp("hostile")
+    text = root / "tiny.txt"
+    text.write_text("".join(f"SPEAKER_{i % 5}: line {i} of the play.\n" for i in range(300)))
+    run_in_process(root / "run", text, steps=4)
+    return root
+
+
+def forged(trained: Path, tmp_path: Path, edit: Edit) -> Path:
+    """A copy of the run's checkpoint (with its tokenizer) whose record `edit` rewrote."""
+    source = trained / "run/checkpoints/step-00000004.safetensors"
+    folder = tmp_path / "forged"
+    folder.mkdir(parents=True)
+    shutil.copy2(trained / "run/checkpoints/tokenizer.json", folder / "tokenizer.json")
+    with safe_open(str(source), framework="pt") as handle:
+        record = json.loads(handle.metadata()["craft"])
+    new = edit(record)
+    target = folder / source.name
+    save_file(load_file(source), str(target), metadata={"craft": new if isinstance(new, str)
+                                                        else json.dumps(new)})  # fmt: skip
+    return target
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _set(path: str, value: Any) -> Edit:
+    def edit(record: dict[str, Any]) -> dict[str, Any]:
+        *parents, last = path.split(".")
+        node = record
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        return record
+
+    return edit
+
+
+def _drop(key: str) -> Edit:
+    return lambda record: {k: v for k, v in record.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: "{not json", "its Craft metadata is not JSON"),
+        (lambda r: [1, 2], "its Craft metadata is a JSON list, not an object"),
+        (_drop("model_config"), "its Craft metadata is malformed: model_config: Field required"),
+        (_drop("configs"), "its Craft metadata is malformed: configs: Field required"),
+        (_set("step", "many"), "step: Input should be a valid integer"),
+        (_set("configs", {"DataConfig": 3}), "configs.DataConfig: Input should be a valid dict"),
+        (_set("model", "gpt9"), "names an unknown model 'gpt9'"),
+        (
+            _set("model_config.n_layer", "deep"),
+            "its model_config is not a valid GPTConfig: n_layer: Input should be a valid integer",
+        ),
+        (_set("task", "poetry"), "names an unknown task 'poetry'"),
+        (
+            _set("configs.DataConfig.split_ratios", "half"),
+            "its metadata does not describe a 'lm' run",
+        ),
+        # A model far larger than the file: refused by counting, before any allocation (a
+        # vocabulary of 1e9 would otherwise ask for 16 TB, 48 layers of width 1024 for 2.7 GB).
+        (_set("model_config.vocab_size", 10**9), "but the file holds"),
+        (_set("model_config.n_layer", 48), "but the file holds"),
+        (_set("model_config.block_size", 8), "but the file holds"),
+    ],
+)
+def test_malformed_records_get_one_clear_error(
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    edit: Edit,
+    message: str,
+) -> None:
+    path = forged(trained, tmp_path, edit)
+    args = ["evaluate", f"--checkpoint={path}", f"--data_dir={trained / 'tiny.txt.prepared'}"]
+    code, out, err = run_main(args, capsys)
+    assert code in (1, 2) and out == ""
+    assert err.startswith("craft: error: ") and str(path) in err
+    assert message in err and "Traceback" not in err
+
+
+def test_the_untouched_checkpoint_evaluates(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The control for the cases above: the forging itself changes nothing."""
+    path = forged(trained, tmp_path, lambda record: record)
+    args = ["evaluate", f"--checkpoint={path}", f"--data_dir={trained / 'tiny.txt.prepared'}"]
+    code, out, err = run_main(args, capsys)
+    assert code == 0, err
+    assert json.loads(out)["loss"] > 0
+
+
+def test_shapes_are_checked_on_the_meta_device(trained: Path) -> None:
+    """A config of the same size but other shapes is named tensor by tensor, and the model it
+    claims is never built in memory."""
+    path = trained / "run/checkpoints/step-00000004.safetensors"
+    cfg = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    with torch.device("meta"):
+        like = gpt.init(cfg, seed=0)
+    with pytest.raises(CheckpointError, match=r"params.tok.embedding: file has F32 \[\d+, 16\]"):
+        checkpoint.load(path, like=like, prefix="params")
+
+
+@pytest.mark.parametrize("name", ["../../secret.json", "/etc/passwd", "sub/tokenizer.json", ""])
+def test_the_tokenizer_must_be_a_plain_name_beside_the_checkpoint(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    path = forged(trained, tmp_path, _set("task_meta.tokenizer", name))
+    code, out, err = run_main(["generate", f"--checkpoint={path}", "--max_new_tokens=3"], capsys)
+    assert code == 1 and out == ""
+    assert f"names no plain tokenizer file (got {name!r})" in err
+
+
+def test_stored_data_paths_never_redirect_evaluation(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record pointing DataConfig at another folder's data changes nothing: evaluate reads
+    the data the command line names."""
+    decoy = tmp_path / "decoy.prepared"
+    shutil.copytree(trained / "tiny.txt.prepared", decoy)
+    (decoy / "val.bin").write_bytes(bytes(len((decoy / "val.bin").read_bytes())))  # all id 0
+    honest = forged(trained, tmp_path / "a", lambda record: record)
+    hostile = forged(trained, tmp_path / "b", _set("configs.DataConfig.prepared_dir", str(decoy)))
+    data = f"--data_dir={trained / 'tiny.txt.prepared'}"
+    results = []
+    for path in (honest, hostile):
+        code, out, err = run_main(["evaluate", f"--checkpoint={path}", data], capsys)
+        assert code == 0, err
+        results.append(json.loads(out)["loss"])
+    assert results[0] == results[1]
