@@ -11,25 +11,39 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from craft import distributed
-from craft.checkpoint import list_checkpoints
-from craft.checkpoint import resolve as resolve_checkpoint
-from craft.errors import ConfigError
+from craft import config, distributed
+from craft import resume as resuming
+from craft.resume import Resumption
 from craft.runs import RunConfig, create_run_dir, write_effective_config
 from craft.summaries import print_summary
 from craft.tasks import TASKS
 from craft.tracking import MetricsConfig, TrackingHook, make_trackers
+from craft.tracking.jsonl import drop_rows_after
 from craft.train.config import TrainConfig
 from craft.train.hooks import Hook
 from craft.train.loop import fit, make_setup
 
 
-def train(configs: dict[str, BaseModel], resume: str | None = None) -> dict[str, Any]:
-    """Train the configured task; returns the summary (its "status" says how it ended)."""
+def train(
+    configs: dict[str, BaseModel], resume: str | None = None, *, resume_with_changes: bool = False
+) -> dict[str, Any]:
+    """Train the configured task; returns the summary (its "status" says how it ended).
+
+    `resume`: `latest`, a checkpoint file or a folder; see `craft.resume` for what is checked.
+    """
     run_cfg, train_cfg = _get(configs, RunConfig), _get(configs, TrainConfig)
     task_cls = TASKS[run_cfg.task]
     world = distributed.world_from_env()
-    checkpoint_path = resume_from(resume, run_cfg) if resume else None
+    resumption = None
+    if resume is not None:
+        resumption = resuming.locate(resume, Path(run_cfg.output_dir) / run_cfg.name)
+        if not resuming.check_steps(resumption, train_cfg.steps):
+            if world.main:
+                print(
+                    f"craft: {resumption.path} already finished its {resumption.meta.step} "
+                    "steps; nothing to do (raise TrainConfig.steps to train further)"
+                )
+            return {"status": "finished", "steps": resumption.meta.step, "note": "nothing to do"}
     distributed.init(world, timeout_s=train_cfg.dist_timeout_s)
     finished = False
     try:
@@ -38,21 +52,24 @@ def train(configs: dict[str, BaseModel], resume: str | None = None) -> dict[str,
         distributed.barrier()
         task = task_cls.open(configs)
         setup = make_setup(configs, task, seed=run_cfg.seed)
-        if checkpoint_path is not None:
-            run_dir = checkpoint_path.parent.parent
-        elif world.main:
-            run_dir = create_run_dir(run_cfg)
-        else:  # other ranks write nothing: a name for messages only
-            run_dir = Path(run_cfg.output_dir) / run_cfg.name / f"rank-{world.rank}"
+        used = {name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()}
+        changes = (
+            resuming.check_changes(resumption, used, allow=resume_with_changes)
+            if resumption is not None
+            else []
+        )
+        run_dir = _run_dir(run_cfg, world, resumption)
         hooks: list[Hook] = []
         if world.main:
             print(report)
-            write_effective_config(run_dir, configs.values())  # as given: config.gin reruns
-            used = {name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()}
+            _record_config(run_dir, configs, resumption, changes)
+            if resumption is not None and resumption.run_dir == run_dir:
+                drop_rows_after(run_dir, resumption.meta.step)  # the steps redone from here
             trackers = make_trackers(_get(configs, MetricsConfig), run_dir, used)
             # Previews first: their images reach the trackers before these finish.
             hooks = [*task.previews(trackers, train_cfg.sample_every), TrackingHook(trackers)]
-        summary = fit(setup, run_dir, hooks=hooks, resume=checkpoint_path, world=world)
+        resume_path = resumption.path if resumption is not None else None
+        summary = fit(setup, run_dir, hooks=hooks, resume=resume_path, world=world)
         if world.main:
             print_summary(summary)
         finished = summary["status"] == "finished"
@@ -61,17 +78,37 @@ def train(configs: dict[str, BaseModel], resume: str | None = None) -> dict[str,
         distributed.shutdown(wait=finished)
 
 
-def resume_from(spec: str, run_cfg: RunConfig) -> Path:
-    """The checkpoint to resume: `latest` is the newest in this experiment's newest run."""
-    if spec != "latest":
-        return resolve_checkpoint(spec)
-    runs = sorted((Path(run_cfg.output_dir) / run_cfg.name).glob("*/*/checkpoints"))
-    for checkpoints in reversed(runs):
-        if list_checkpoints(checkpoints):
-            return resolve_checkpoint("latest", checkpoints)
-    raise ConfigError(
-        f"--resume=latest: no checkpoint under {Path(run_cfg.output_dir) / run_cfg.name}"
-    )
+def _run_dir(run_cfg: RunConfig, world: distributed.World, resumption: Resumption | None) -> Path:
+    """The run folder: the checkpoint's own when resuming one kept in a run folder, else new."""
+    if resumption is not None and resumption.run_dir is not None:
+        return resumption.run_dir
+    if not world.main:  # other ranks write nothing: a name for messages only
+        return Path(run_cfg.output_dir) / run_cfg.name / f"rank-{world.rank}"
+    run_dir = create_run_dir(run_cfg)
+    if resumption is not None:
+        print(
+            f"craft: {resumption.path} is not inside a run folder; the continuation goes to "
+            f"a new run folder, {run_dir}"
+        )
+    return run_dir
+
+
+def _record_config(
+    run_dir: Path, configs: dict[str, BaseModel], resumption: Resumption | None,
+    changes: list[str],
+) -> None:  # fmt: skip
+    """config.gin for a new run (as given: it reruns the run); a resumed run keeps it and
+    writes a segment `config.step-N.gin` when its config differs."""
+    if resumption is None or not (run_dir / "config.gin").is_file():
+        write_effective_config(run_dir, configs.values())
+        return
+    if changes:
+        segment = run_dir / resuming.segment_name(resumption.meta.step)
+        segment.write_text(config.to_gin(configs.values()), encoding="utf-8")
+        print(
+            f"craft: config changed at step {resumption.meta.step} (recorded in {segment.name}):"
+            + "".join(f"\n  {line}" for line in changes)
+        )
 
 
 def _get(configs: dict[str, BaseModel], kind: type[Any]) -> Any:

@@ -47,16 +47,21 @@ class Commands:
         self._gin_params = list(gin_params)
         self.exit_code = 0
 
-    def run(self, resume: str | None = None) -> None:
+    def run(self, resume: str | None = None, resume_with_changes: bool = False) -> None:
         """Train what the gin files configure (RunConfig.task: lm, classify): data, model,
         checkpoints, metrics, previews.
 
         --resume=latest continues this experiment's newest run; --resume=PATH continues from a
-        checkpoint file or run folder. The run goes on in the folder it came from.
+        checkpoint file or run folder. The run goes on in the folder it came from. A config
+        that changes what the run computes (batch size, lr, schedule, seed, model) is refused
+        unless --resume_with_changes is given.
         """
-        summary = launch.train(self._configs(), resume)
-        if summary["status"] == "interrupted":
-            self.exit_code = 130  # like a shell's Ctrl-C, after a clean save
+        if resume is not None:
+            resume = _path_flag("resume", resume, "latest, a checkpoint file or a run folder")
+        if not isinstance(resume_with_changes, bool):
+            raise ConfigError("--resume_with_changes takes no value")
+        summary = launch.train(self._configs(), resume, resume_with_changes=resume_with_changes)
+        self.exit_code = EXIT_CODES.get(summary["status"], 0)
 
     train = run
 
@@ -73,7 +78,7 @@ class Commands:
         """
         if batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
-        path = resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
         loaded = load_for_inference(path)
         task = loaded.task(data_dir)
         results = evaluate(task, loaded.loss_fn(task), loaded.params, split, batch_size=batch_size)
@@ -99,7 +104,8 @@ class Commands:
         if num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
         prompt = str(prompt)  # fire reads --prompt=42 as a number
-        loaded = load_for_inference(resolve_checkpoint(checkpoint))
+        path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
+        loaded = load_for_inference(path)
         tokenizer = loaded.tokenizer()
         tokenizer.encode(prompt)  # a prompt the vocabulary lacks fails before any output
         for index in range(num_samples):
@@ -203,6 +209,25 @@ class Commands:
 
     def _configs(self) -> dict[str, BaseModel]:
         return config.build_all()
+
+
+EXIT_CODES = {"interrupted": 130, "terminated": 143}
+"""How a run that stopped early exits, as a shell reports a Ctrl-C (128 + SIGINT) or a
+SIGTERM (128 + 15), after its clean save."""
+
+_CHECKPOINT = "a checkpoint file or a run folder"
+
+
+def _path_flag(flag: str, value: object, what: str) -> str:
+    """A flag naming a path: fire turns `--flag` alone into True and `--flag=3` into 3."""
+    if isinstance(value, str) and value:
+        return value
+    if value is True or value == "":
+        raise ConfigError(f"--{flag} needs a value: --{flag}=PATH ({what})")
+    raise ConfigError(
+        f"--{flag}={value!r} is not a path: give {what} (for a folder named {value}, write "
+        f"--{flag}=./{value})"
+    )
 
 
 _SHORT = {"vocab_size": "vocab", "num_classes": "classes"}

@@ -58,6 +58,32 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def drop_rows_after(run_dir: str | Path, step: int) -> int:
+    """Remove the rows past `step` (a resumed run redoes those steps); returns how many.
+
+    The file is rewritten to a temporary name and renamed, so a crash keeps the old one.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1  # a partial last line from a killed run
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
+    return dropped
+
+
 def _json_value(value: Any) -> Any:
     """JSON-safe: tensors and numpy scalars to numbers, NaN and inf to null (strict JSON)."""
     if isinstance(value, bool | int | str) or value is None:

@@ -1,0 +1,178 @@
+"""Resuming a run: which checkpoint, whether it may go on under this config, and where.
+
+A resumed run must continue the one that wrote the checkpoint. So `--resume=latest` says which
+run and checkpoint it takes (skipping an unreadable newest file with a warning), a finished run
+is left alone, and a config that would change what is computed (batch size, lr, schedule,
+seed, model...) is refused unless the user asks for it; accepted changes are written as a new
+config segment beside the first. Settings of how a run is observed (evaluation, checkpointing,
+samples, metrics, device, threads, compilation) may change freely.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from craft import checkpoint
+from craft.checkpoint import CheckpointError, list_checkpoints
+from craft.errors import ConfigError
+from craft.train.meta import CheckpointMeta
+from craft.train.meta import read as read_meta
+
+FREE_TO_CHANGE: Mapping[str, frozenset[str] | None] = {
+    "RunConfig": frozenset({"name", "output_dir"}),
+    "TrainConfig": frozenset(
+        {
+            "steps",
+            "eval_every",
+            "eval_batches",
+            "eval_batch_size",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "sample_every",
+            "sample_tokens",
+            "sample_prompt",
+            "device",
+            "threads",
+            "compile",
+            "compile_mode",
+            "dist_timeout_s",
+            "deterministic",
+            "hooks",
+        }
+    ),
+    "MetricsConfig": None,  # None: every field
+    "TextSampleConfig": None,
+}
+"""Fields that change how a run is watched or where it runs, not what it computes. Folders
+(`data_dir`, `prepared_dir`) are free in every config: the data is found, not redirected."""
+
+_FREE_EVERYWHERE = frozenset({"data_dir", "prepared_dir"})
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """A checked plan to continue from `path`, in `run_dir` (None: a new run folder)."""
+
+    path: Path
+    meta: CheckpointMeta
+    run_dir: Path | None
+
+
+def locate(spec: str, experiment_dir: Path) -> Resumption:
+    """The checkpoint `--resume=spec` names: `latest` (this experiment's newest readable
+    checkpoint), a checkpoint file, or a folder (its newest)."""
+    if spec == "latest":
+        path, meta = _latest(experiment_dir)
+    else:
+        path = checkpoint.resolve(spec)
+        meta = _readable(path, latest=False)
+    return Resumption(path=path, meta=meta, run_dir=run_folder_of(path))
+
+
+def run_folder_of(path: Path) -> Path | None:
+    """The run folder holding `path` (`<run>/checkpoints/step-N.safetensors` beside the run's
+    config.gin), or None for a checkpoint kept elsewhere (e.g. a download)."""
+    folder = path.parent if path.parent.name else path.resolve().parent  # keep paths as given
+    if folder.name == "checkpoints" and (folder.parent / "config.gin").is_file():
+        return folder.parent
+    return None
+
+
+def check_steps(resumption: Resumption, steps: int) -> bool:
+    """False when the checkpoint already reached `steps` (nothing to do); refuses fewer."""
+    done = resumption.meta.step
+    if done > steps:
+        raise ConfigError(
+            f"{resumption.path} is at step {done}, past TrainConfig.steps = {steps}: a resumed "
+            f"run cannot go back; set TrainConfig.steps above {done} to train further"
+        )
+    return done < steps
+
+
+def config_changes(
+    stored: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[str], list[str]]:
+    """(changes that alter the computation, free changes), each as `Class.field: old -> new`.
+
+    Configs or fields present on one side only (written by another Craft version) are skipped.
+    """
+    binding: list[str] = []
+    free: list[str] = []
+    for name, fields in current.items():
+        before = stored.get(name)
+        if before is None:
+            continue
+        allowed = FREE_TO_CHANGE.get(name, frozenset())
+        for field, value in fields.items():
+            if field not in before or _same(before[field], value):
+                continue
+            line = f"{name}.{field}: {before[field]!r} -> {value!r}"
+            is_free = allowed is None or field in allowed or field in _FREE_EVERYWHERE
+            (free if is_free else binding).append(line)
+    return binding, free
+
+
+def check_changes(resumption: Resumption, current: Mapping[str, Mapping[str, Any]],
+                  allow: bool) -> list[str]:  # fmt: skip
+    """All the changes against the checkpoint's configs; refuses binding ones unless `allow`."""
+    binding, free = config_changes(resumption.meta.configs, current)
+    if binding and not allow:
+        raise ConfigError(
+            f"resuming {resumption.path} under a different config:\n  "
+            + "\n  ".join(binding)
+            + "\nthese change what the run computes, so it would no longer continue the same "
+            "run; restore them, or pass --resume_with_changes to go on with them (they are "
+            "recorded as a new config segment in the run folder)"
+        )
+    return binding + free
+
+
+def segment_name(step: int) -> str:
+    """The config segment a resumed run with changes writes: `config.step-00000008.gin`."""
+    return f"config.step-{step:08d}.gin"
+
+
+def _latest(experiment_dir: Path) -> tuple[Path, CheckpointMeta]:
+    runs = sorted(experiment_dir.glob("*/*/checkpoints"), key=lambda p: p.parent.as_posix())
+    skipped: list[str] = []
+    for folder in reversed(runs):
+        for path in reversed(list_checkpoints(folder)):
+            try:
+                meta = _readable(path, latest=True)
+            except CheckpointError as error:
+                skipped.append(str(error))  # names the file
+                continue
+            for line in skipped:
+                print(f"craft: warning: {line}; taking an older checkpoint", file=sys.stderr)
+            print(f"craft: resuming {folder.parent} from {path.name} (step {meta.step})")
+            return path, meta
+    if skipped:
+        raise CheckpointError("--resume=latest: no readable checkpoint; " + "; ".join(skipped[-3:]))
+    raise ConfigError(f"--resume=latest: no checkpoint under {experiment_dir}")
+
+
+def _readable(path: Path, *, latest: bool) -> CheckpointMeta:
+    """The record of a checkpoint whose header and tensor table read; for an explicit path,
+    an unreadable file names the previous checkpoint to use instead."""
+    try:
+        meta = read_meta(path)
+        checkpoint.tensor_table(path)
+        return meta
+    except CheckpointError as error:
+        if latest:
+            raise
+        older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+        hint = (
+            f"; the previous checkpoint is {older[-1]}: pass --resume={older[-1]}" if older else ""
+        )
+        raise CheckpointError(f"{error}{hint}") from None
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Both sides are JSON values; compare them as JSON so tuples and lists agree.
+    return bool(json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True))
