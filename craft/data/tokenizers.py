@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -20,6 +20,10 @@ import sentencepiece as spm
 from craft.errors import DataError
 
 Ids = np.ndarray  # one-dimensional, integer
+# SentencePiece's max_sentence_length, left at its default (setting it changes the saved model's
+# bytes): it skips longer sentences, so Craft cuts them first.
+MAX_SENTENCE_BYTES = 4192
+_MAX_SENTENCE_CHARS = MAX_SENTENCE_BYTES // 4  # a UTF-8 character takes at most 4 bytes
 
 
 class Tokenizer(Protocol):
@@ -36,6 +40,11 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int] | Ids) -> str: ...
 
     def save(self, path: Path) -> Path: ...
+
+
+def codepoints(text: str) -> np.ndarray:
+    """The Unicode code points of `text`, as uint32."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
 class CharTokenizer:
@@ -63,12 +72,18 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    @classmethod
+    def from_codepoints(cls, seen: np.ndarray) -> CharTokenizer:
+        """The vocabulary of a text whose code points are marked True in `seen` (as `train`
+        would build it, in code point order), for texts read in chunks."""
+        return cls([chr(c) for c in np.flatnonzero(seen)])
+
     def encode(self, text: str) -> Ids:
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.take(self._ids, codepoints, mode="clip")
-        unknown = (ids < 0) | (codepoints >= len(self._ids))
+        points = codepoints(text)
+        ids = np.take(self._ids, points, mode="clip")
+        unknown = (ids < 0) | (points >= len(self._ids))
         if unknown.any():
-            missing = sorted({chr(c) for c in codepoints[unknown]})
+            missing = sorted({chr(c) for c in points[unknown]})
             shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in missing[:20])
             more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
             raise DataError(f"the char vocabulary lacks these characters: {shown}{more}")
@@ -118,13 +133,34 @@ class SentencePieceTokenizer:
         num_threads: int = 2,
     ) -> SentencePieceTokenizer:
         """Train on the lines of `text`; a vocab too large for it says the largest that fits."""
-        lines = [line for line in text.split("\n") if line]
-        if not lines:
+        return cls.train_lines(
+            text.split("\n"),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            num_threads=num_threads,
+        )
+
+    @classmethod
+    def train_lines(
+        cls,
+        lines: Iterable[str],
+        *,
+        vocab_size: int,
+        model_type: Literal["bpe", "unigram"] = "bpe",
+        character_coverage: float = 1.0,
+        num_threads: int = 2,
+    ) -> SentencePieceTokenizer:
+        """Train on `lines` (read lazily; empty ones are skipped, long ones cut into sentences
+        SentencePiece accepts)."""
+        sentences = bounded_sentences(lines)
+        first = next(sentences, None)
+        if first is None:
             raise DataError("cannot train SentencePiece on empty text")
         model = _SentencePieceWriter()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines),
+                sentence_iterator=itertools.chain([first], sentences),
                 model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -174,6 +210,29 @@ class SentencePieceTokenizer:
             return cls(Path(path).read_bytes())
         except (OSError, RuntimeError) as error:
             raise DataError(f"cannot load a SentencePiece model from {path}: {error}") from None
+
+
+def bounded_sentences(lines: Iterable[str]) -> Iterator[str]:
+    """The non-empty `lines`, each cut into pieces of at most MAX_SENTENCE_BYTES UTF-8 bytes.
+
+    SentencePiece silently skips longer sentences, so a text without line breaks left it none
+    (`[!sentences_.empty()]`). Cuts fall before a space where there is one: SentencePiece never
+    lets a piece span a space, so such a cut loses no piece it could have learned.
+    """
+    for line in lines:
+        if not line:
+            continue
+        if len(line) <= _MAX_SENTENCE_CHARS or len(line.encode()) <= MAX_SENTENCE_BYTES:
+            yield line
+            continue
+        start = 0
+        while start < len(line):
+            end = min(start + _MAX_SENTENCE_CHARS, len(line))
+            if end < len(line):
+                space = line.rfind(" ", start + 1, end)
+                end = space if space > start else end
+            yield line[start:end]
+            start = end
 
 
 class _SentencePieceWriter:

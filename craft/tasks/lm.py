@@ -54,9 +54,14 @@ class LanguageModeling(Task):
         tokenizer_path: Path,
         data: DataConfig,
         samples: TextSampleConfig | None = None,
+        *,
+        verified: bool = False,
     ):
         self.directory, self.meta, self.tokenizer = directory, meta, tokenizer
         self.tokenizer_path, self.data = tokenizer_path, data
+        # `prepare` checks every split against meta.json before it hands a folder back; other
+        # folders are checked as each split is opened.
+        self.verified = verified
         self.samples = samples or TextSampleConfig()
         self.window: int | None = data.window  # the model's context when unset
         self._splits: dict[str, np.ndarray] = {}
@@ -70,12 +75,12 @@ class LanguageModeling(Task):
 
     @classmethod
     def open(cls, configs: dict[str, BaseModel]) -> LanguageModeling:
-        prepared = _prepare(configs)  # a cache hit once `prepare` ran
+        prepared = _prepare(configs)  # a cache hit once `prepare` ran, its files verified
         samples = configs.get("TextSampleConfig")
         assert samples is None or isinstance(samples, TextSampleConfig)
         return cls(
             prepared.directory, prepared.meta, load_tokenizer(prepared.tokenizer_path),
-            prepared.tokenizer_path, _config(configs, DataConfig), samples,
+            prepared.tokenizer_path, _config(configs, DataConfig), samples, verified=True,
         )  # fmt: skip
 
     @classmethod
@@ -114,7 +119,7 @@ class LanguageModeling(Task):
 
     def split(self, name: str) -> np.ndarray:
         if name not in self._splits:
-            self._splits[name] = open_split(self.directory, name)
+            self._splits[name] = open_split(self.directory, name, verify=not self.verified)
         return self._splits[name]
 
     def train_batch(self, *, seed: int, step: int, size: int) -> Batch:
