@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from craft.data.tokenizers import CharTokenizer, SentencePieceTokenizer, load_tokenizer
+from craft.data.tokenizers import (
+    MAX_SENTENCE_BYTES,
+    CharTokenizer,
+    SentencePieceTokenizer,
+    bounded_sentences,
+    load_tokenizer,
+)
 from craft.errors import DataError
 
 CORPUS = (
@@ -112,3 +118,41 @@ def test_vocab_too_large_says_the_largest_that_fits() -> None:
 def test_vocab_too_small_says_the_smallest() -> None:
     with pytest.raises(DataError, match=r"vocab_size=50 is too small: it needs at least \d+"):
         SentencePieceTokenizer.train(CORPUS, vocab_size=50)
+
+
+def test_sentencepiece_trains_on_a_text_without_line_breaks() -> None:
+    """SentencePiece skips sentences over 4,192 bytes; one long line used to leave it none
+    (`[!sentences_.empty()]`)."""
+    one_line = CORPUS.replace("\n", " ") * 3  # 13,000 characters
+    tok = SentencePieceTokenizer.train(one_line, vocab_size=300)
+    ids = tok.encode(one_line)
+    assert tok.decode(ids) == one_line and len(ids) < len(one_line)  # it learned merges
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(st.sampled_from("ab é\u4e2d"), max_size=3000), max_size=4))
+def test_bounded_sentences_cut_long_lines_before_spaces(lines: list[str]) -> None:
+    sentences = list(bounded_sentences(lines))
+    assert "".join(sentences) == "".join(lines)
+    assert all(0 < len(s.encode()) <= MAX_SENTENCE_BYTES for s in sentences)
+    short = [line for line in lines if line and len(line.encode()) <= MAX_SENTENCE_BYTES]
+    assert all(line in sentences for line in short)  # lines that fit are kept whole
+
+
+@pytest.fixture(scope="module")
+def unigram() -> SentencePieceTokenizer:
+    return SentencePieceTokenizer.train(CORPUS, vocab_size=300, model_type="unigram")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    head=st.text(st.sampled_from("TYRION: a mind needs books 123!é"), max_size=60),
+    tail=st.text(st.sampled_from("JON_SNOW I'm not a Stark. never"), max_size=60),
+)
+def test_cutting_a_line_before_a_space_keeps_its_ids(
+    sentencepiece: SentencePieceTokenizer, unigram: SentencePieceTokenizer, head: str, tail: str
+) -> None:
+    """`prepare` cuts a line longer than its read chunk before a space: no piece spans one."""
+    for tok in (sentencepiece, unigram):
+        whole = tok.encode(head + " " + tail)
+        assert whole.tolist() == [*tok.encode(head), *tok.encode(" " + tail)]
