@@ -106,6 +106,15 @@ def all_reduce_sum(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES
             _reduce_bucket(bucket)
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is set on any rank (one one-element sum)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    count = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(count)
+    return bool(count.item())
+
+
 def reduce_scatter_sum(flat: torch.Tensor) -> torch.Tensor:
     """Sum a flat tensor across ranks and return this rank's equal slice of the sum (the size
     must divide by the world size). One process: the tensor itself."""

@@ -54,7 +54,9 @@ def train(
         setup = make_setup(configs, task, seed=run_cfg.seed)
         used = {name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()}
         changes = (
-            resuming.check_changes(resumption, used, allow=resume_with_changes)
+            resuming.check_changes(
+                resumption, used, steps=train_cfg.steps, allow=resume_with_changes
+            )
             if resumption is not None
             else []
         )

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from craft import checkpoint
 from craft.checkpoint import CheckpointError, list_checkpoints
 from craft.errors import ConfigError
+from craft.optim import Schedule
 from craft.train.meta import CheckpointMeta
 from craft.train.meta import read as read_meta
 
@@ -117,10 +120,21 @@ def config_changes(
     return binding, free
 
 
-def check_changes(resumption: Resumption, current: Mapping[str, Mapping[str, Any]],
-                  allow: bool) -> list[str]:  # fmt: skip
-    """All the changes against the checkpoint's configs; refuses binding ones unless `allow`."""
+def check_changes(
+    resumption: Resumption, current: Mapping[str, Mapping[str, Any]], *, steps: int, allow: bool
+) -> list[str]:
+    """All the changes against the checkpoint's configs; refuses binding ones unless `allow`.
+
+    A schedule whose fields changed but whose learning rate is the same at every step still to
+    run (a constant lr given a new length) is not a binding change.
+    """
     binding, free = config_changes(resumption.meta.configs, current)
+    in_schedule = [line for line in binding if line.startswith("Schedule.")]
+    if in_schedule and _same_rates(
+        resumption.meta.configs["Schedule"], current["Schedule"], resumption.meta.step, steps
+    ):
+        binding = [line for line in binding if line not in in_schedule]
+        free += [f"{line} (the same learning rates)" for line in in_schedule]
     if binding and not allow:
         raise ConfigError(
             f"resuming {resumption.path} under a different config:\n  "
@@ -130,6 +144,16 @@ def check_changes(resumption: Resumption, current: Mapping[str, Mapping[str, Any
             "recorded as a new config segment in the run folder)"
         )
     return binding + free
+
+
+def _same_rates(before: Mapping[str, Any], after: Mapping[str, Any], start: int, end: int) -> bool:
+    """Whether two schedules give the same lr at every step in [start, end)."""
+    try:
+        old, new = Schedule.model_validate(before), Schedule.model_validate(after)
+    except ValueError:  # a schedule another Craft version wrote: treat it as changed
+        return False
+    steps = torch.arange(start, max(end, start + 1))
+    return bool(torch.equal(old(steps), new(steps)))
 
 
 def segment_name(step: int) -> str:

@@ -107,6 +107,34 @@ def test_a_dead_or_hung_rank_fails_the_run_within_the_timeout(
     assert not (tmp_path / "rank0.safetensors").exists()  # rank 0 did not finish silently
 
 
+def write_tiny_gin(folder: Path, *, shard: bool, extra: str = "") -> None:
+    """`tiny.gin`: a 1-layer GPT on a small text, 8 SGD steps of 4 sequences."""
+    text = folder / "tiny.txt"
+    text.write_text(
+        "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(400))
+    )
+    (folder / "tiny.gin").write_text(
+        f"RunConfig.name = 'tiny'\nDataConfig.source = '{text}'\nDataConfig.window = 16\n"
+        "GPTConfig.block_size = 16\nGPTConfig.n_layer = 1\nGPTConfig.n_head = 2\n"
+        "GPTConfig.n_embd = 16\nTrainConfig.steps = 8\nTrainConfig.batch_size = 4\n"
+        "TrainConfig.optimizer = 'sgd'\nTrainConfig.eval_every = 0\nTrainConfig.sample_every = 0\n"
+        f"TrainConfig.shard_optimizer = {shard}\nTrainConfig.checkpoint_every = 4\n"
+        "TrainConfig.compile = False\nMetricsConfig.wandb = 'disabled'\n"
+        "MetricsConfig.progress_bar = False\nSchedule.kind = 'constant'\nSchedule.peak_lr = 0.1\n"
+        + extra
+    )
+
+
+def craft_cli(folder: Path, *args: str, ranks: int = 1) -> subprocess.CompletedProcess[str]:
+    """`python -m craft.main ARGS` in `folder`, under torchrun when `ranks` > 1."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    command = [sys.executable, *(launcher if ranks > 1 else []), "-m", "craft.main", *args]
+    return subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
 @pytest.mark.parametrize(("first", "then", "shard"), [(2, 1, True), (1, 2, True), (2, 1, False)])
 def test_checkpoints_move_between_world_sizes(
     tmp_path: Path, first: int, then: int, shard: bool
@@ -117,27 +145,10 @@ def test_checkpoints_move_between_world_sizes(
     SGD with momentum: Adam's first steps turn rounding differences of near-zero gradients
     (the order of the cross-rank sums) into full-size updates, beyond 1e-6.
     """
-    text = tmp_path / "tiny.txt"
-    text.write_text(
-        "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(400))
-    )
-    (tmp_path / "tiny.gin").write_text(
-        f"RunConfig.name = 'tiny'\nDataConfig.source = '{text}'\nDataConfig.window = 16\n"
-        "GPTConfig.block_size = 16\nGPTConfig.n_layer = 1\nGPTConfig.n_head = 2\n"
-        "GPTConfig.n_embd = 16\nTrainConfig.steps = 8\nTrainConfig.batch_size = 4\n"
-        "TrainConfig.optimizer = 'sgd'\nTrainConfig.eval_every = 0\nTrainConfig.sample_every = 0\n"
-        f"TrainConfig.shard_optimizer = {shard}\nTrainConfig.checkpoint_every = 4\n"
-        "TrainConfig.compile = False\nMetricsConfig.wandb = 'disabled'\n"
-        "MetricsConfig.progress_bar = False\nSchedule.kind = 'constant'\nSchedule.peak_lr = 0.1\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    write_tiny_gin(tmp_path, shard=shard)
 
     def craft(*args: str, ranks: int = 1) -> subprocess.CompletedProcess[str]:
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-        command = [sys.executable, *(launcher if ranks > 1 else []), "-m", "craft.main", *args]
-        return subprocess.run(
-            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False
-        )
+        return craft_cli(tmp_path, *args, ranks=ranks)
 
     started = craft("--gin_file=tiny.gin", ranks=first)
     assert started.returncode == 0, started.stderr[-3000:]
@@ -156,6 +167,30 @@ def test_checkpoints_move_between_world_sizes(
     assert set(a) == set(b)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0.0)
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    """Rank 0 gets a SIGTERM during step 3; rank 1 learns of it through the ranks' agreement,
+    so both stop after step 3 and the sharded optimizer state is gathered into a checkpoint
+    that one process then resumes."""
+    write_tiny_gin(
+        tmp_path,
+        shard=True,
+        extra="TrainConfig.hooks = ['tests.hooks_for_tests.TerminateAtStep3']\n",
+    )
+    stopped = craft_cli(tmp_path, "--gin_file=tiny.gin", ranks=2)
+    assert stopped.returncode != 0  # torchrun reports the ranks' 143 as a failure
+    assert "status: terminated after 3 steps" in stopped.stdout, stopped.stderr[-3000:]
+    [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.safetensors")) == [
+        "step-00000003.safetensors"
+    ]
+    (tmp_path / "tiny.gin").write_text(
+        (tmp_path / "tiny.gin").read_text().replace("TrainConfig.hooks", "# TrainConfig.hooks")
+    )
+    resumed = craft_cli(tmp_path, "--gin_file=tiny.gin", f"--resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "status: finished after 8 steps" in resumed.stdout
 
 
 def test_mnist_trains_data_parallel_like_one_process(tmp_path: Path) -> None:

@@ -13,9 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from craft import checkpoint
+from craft.errors import ConfigError
 from craft.main import main
-from craft.resume import config_changes
+from craft.optim import Schedule
+from craft.resume import Resumption, check_changes, config_changes
 from craft.tracking import read_metrics
+from craft.train.meta import CheckpointMeta
 from tests.conftest import CliRunner
 from tests.test_train import TEXT, TINY
 
@@ -194,3 +197,26 @@ def test_config_changes_laws(a: dict, b: dict) -> None:
     assert {line.split(":")[0] for line in free} == {
         f"TrainConfig.{k}" for k in shared & train_free
     }
+
+
+@pytest.mark.parametrize(("kind", "refused"), [("constant", False), ("warmup_cosine", True)])
+def test_a_longer_schedule_is_a_change_only_when_its_rates_change(
+    tmp_path: Path, kind: str, refused: bool
+) -> None:
+    """Extending a run stretches a cosine schedule (its lr at step 8 jumps back up), which
+    is refused unless asked for; a constant lr is the same at every step, so it passes."""
+    before = Schedule(kind=kind, warmup_steps=2).for_run(8).model_dump(mode="json")  # type: ignore[arg-type]
+    after = Schedule(kind=kind, warmup_steps=2).for_run(12).model_dump(mode="json")  # type: ignore[arg-type]
+    meta = CheckpointMeta.model_validate(
+        {"step": 8, "model": "gpt", "model_config": {}, "configs": {"Schedule": before}}
+    )
+    resumption = Resumption(path=tmp_path / "step-00000008.safetensors", meta=meta, run_dir=None)
+    current = {"Schedule": after}
+    if refused:
+        with pytest.raises(ConfigError, match=r"Schedule.total_steps: 8 -> 12"):
+            check_changes(resumption, current, steps=12, allow=False)
+    else:
+        assert check_changes(resumption, current, steps=12, allow=False) == [
+            "Schedule.total_steps: 8 -> 12 (the same learning rates)"
+        ]
+    assert check_changes(resumption, current, steps=12, allow=True)

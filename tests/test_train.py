@@ -194,6 +194,25 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(
     assert (run_dir / "checkpoints/step-00000003.safetensors").is_file()
 
 
+def test_sigterm_saves_a_checkpoint_and_exits_143(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
+    (tmp_path / "tiny.gin").write_text(
+        TINY.format(source=text_file, steps=12)
+        + "TrainConfig.hooks = ['tests.hooks_for_tests.TerminateAtStep3']\n"
+    )
+    result = run_cli("--gin_file=tiny.gin")
+    assert result.returncode == 143, result.stderr
+    assert "status: terminated after 3 steps" in result.stdout
+    assert "Traceback" not in result.stderr
+    [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
+    assert (run_dir / "checkpoints/step-00000003.safetensors").is_file()
+    assert [row["step"] for row in read_metrics(run_dir) if "train/loss" in row] == [1, 2, 3]
+    resumed = run_cli("--gin_file=tiny.gin", "--resume=latest")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "status: finished after 12 steps" in resumed.stdout
+
+
 def test_non_finite_loss_stops_and_names_the_step(
     run_cli: CliRunner, tmp_path: Path, text_file: Path
 ) -> None:

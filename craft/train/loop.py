@@ -36,6 +36,7 @@ from craft.train.meta import CheckpointMeta
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
+from craft.train.stop import Stopped, StopSignal
 
 RUN_CONFIGS = ("RunConfig", "TrainConfig", "MetricsConfig")
 """Configs every run uses (besides the model's, the optimizer's, the schedule and the task's)."""
@@ -175,6 +176,8 @@ def fit(
     final: dict[str, float] = {}
     started = time.perf_counter()
     step = start
+    stop = StopSignal()
+    stop.install()
     for hook in all_hooks:
         hook.on_start(run)
     try:
@@ -209,6 +212,8 @@ def fit(
                 final = run_eval(step, whole=True)
             for hook in all_hooks:
                 hook.on_step_end(run, step, metrics)
+            if not last_step:
+                stop.check(world, device)
         summary["status"] = "finished"
         if checkpointer.last_saved != step:
             checkpointer.save(run, step)
@@ -220,10 +225,19 @@ def fit(
             summary["note"] = "optimizer state is sharded: no checkpoint written at the interrupt"
         elif world.main and step > start and checkpointer.last_saved != step:
             checkpointer.save(run, step)
+    except Stopped as signal_name:
+        summary["status"] = "terminated"
+        summary["note"] = f"stopped by {signal_name} after step {step}"
+        if shards is not None and stop.alone:
+            summary["note"] += "; another rank is gone, so the sharded state was not saved"
+        elif step > start and checkpointer.last_saved != step:
+            # Every rank stops after the same step: a sharded state can be gathered.
+            checkpointer.save(run, step)
     except TrainingError:
         summary["status"] = "failed"
         raise
     finally:
+        stop.restore()
         summary.update(
             steps=step,
             examples=(step - start) * train.batch_size,
@@ -239,8 +253,9 @@ def fit(
 
 class Checkpointer(Hook):
     """Saves every `every` steps (after that step's evaluation), keeps the newest `keep` and the
-    best by val loss. The loop also calls `save` at the end, and on Ctrl-C unless the optimizer
-    state is sharded (gathering it needs every rank at the same point)."""
+    best by val loss. The loop also calls `save` at the end, on SIGTERM (the ranks agree on the
+    step first) and on Ctrl-C unless the optimizer state is sharded (gathering it needs every
+    rank at the same point, which a Ctrl-C does not promise)."""
 
     def __init__(
         self,
