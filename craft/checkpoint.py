@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from craft import tree
 from craft.errors import CraftError
+from craft.files import is_out_of_space, out_of_space
 
 _NAME = re.compile(r"step-(\d{8})\.safetensors")
 META_KEY = "craft"
@@ -48,9 +49,16 @@ def save(directory: Path, state: dict[str, Any], step: int, meta: dict[str, Any]
     }
     path = directory / checkpoint_name(step)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_to_cpu(tensors), str(tmp), metadata={META_KEY: json.dumps(meta)})
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
+    try:
+        save_file(_to_cpu(tensors), str(tmp), metadata={META_KEY: json.dumps(meta)})
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    except (OSError, safetensors.SafetensorError) as error:
+        tmp.unlink(missing_ok=True)  # a partial file must not fill what space is left
+        if is_out_of_space(error):
+            needed = sum(t.numel() * t.element_size() for t in tensors.values())
+            raise out_of_space(path, needed, error) from None
+        raise
     os.replace(tmp, path)
     _fsync_dir(directory)
     return path

@@ -1,8 +1,8 @@
 """The tracker interface and a fan-out over several trackers.
 
-Metric names are grouped as W&B sections them: `train/loss`, `val/loss`, `test/accuracy`.
-Nothing a tracker does may stop a run: `Trackers` turns a failing tracker into one warning
-and goes on without it.
+Metric names are grouped the way W&B sections them: `train/loss`, `val/loss`, `test/accuracy`.
+A tracker's own failure never stops a run: `Trackers` turns it into one warning and goes on
+without it. A full disk does stop it, with a clear message, as the next checkpoint would fail.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
+
+from craft.files import is_out_of_space, out_of_space
 
 
 class Tracker:
@@ -35,7 +37,8 @@ class Tracker:
 
 
 class Trackers(Tracker):
-    """Several trackers as one; a tracker that raises is warned about once and dropped."""
+    """Several trackers as one; a tracker that raises is warned about once and dropped, except
+    when the disk is full, which stops the run (`DiskFullError`)."""
 
     def __init__(self, trackers: list[Tracker]):
         self.trackers = list(trackers)
@@ -69,6 +72,9 @@ class Trackers(Tracker):
         try:
             getattr(tracker, method)(*args)
         except Exception as error:
+            if is_out_of_space(error):
+                # Not a tracker's problem: the next checkpoint would fail too. Stop the run.
+                raise out_of_space(getattr(tracker, "path", Path("metrics")), None, error) from None
             warn(
                 f"{type(tracker).__name__}.{method} failed ({one_line(error)}); going on without it"
             )

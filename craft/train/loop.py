@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import math
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -233,7 +234,7 @@ def fit(
         elif step > start and checkpointer.last_saved != step:
             # Every rank stops after the same step: a sharded state can be gathered.
             checkpointer.save(run, step)
-    except TrainingError:
+    except BaseException:
         summary["status"] = "failed"
         raise
     finally:
@@ -247,7 +248,14 @@ def fit(
             checkpoint=str(checkpointer.last_path) if checkpointer.last_path else None,
         )
         for hook in all_hooks:
-            hook.on_end(run, summary)
+            try:
+                hook.on_end(run, summary)
+            except Exception as error:
+                if summary["status"] != "failed":
+                    raise
+                # The run is already failing: its own error is the one to report.
+                print(f"craft: warning: {type(hook).__name__} could not finish: {error}",
+                      file=sys.stderr)  # fmt: skip
     return summary
 
 
