@@ -6,6 +6,7 @@ import io
 import os
 import re
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,43 @@ def test_rebuild_from_a_cached_sdist_needs_no_download(
     monkeypatch.setattr(got, "_pip_download", lambda *a, **k: pytest.fail("downloaded"))
     scripts = got.fetch_got(tmp_path)
     assert scripts.season.read_bytes() == (got_data_dir / "raw/got/season1.txt").read_bytes()
+
+
+@pytest.mark.network
+def test_concurrent_fetches_take_turns_and_rebuild_once(
+    got_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three fetches started together on one data folder: one rebuilds the scripts, the others
+    wait for it and find them (none reads a half-written season1.txt)."""
+    (tmp_path / "downloads").mkdir()
+    sdist = got_data_dir / "downloads" / got.SDIST
+    (tmp_path / "downloads" / got.SDIST).write_bytes(sdist.read_bytes())
+    monkeypatch.setattr(got, "_pip_download", lambda *a, **k: pytest.fail("downloaded"))
+    rebuilds: list[int] = []
+    rebuild_all = got.rebuild_all
+
+    def counted(files: dict[str, bytes], raw_dir: Path) -> got.GotScripts:
+        rebuilds.append(1)
+        return rebuild_all(files, raw_dir)
+
+    monkeypatch.setattr(got, "rebuild_all", counted)
+    start, seasons = threading.Barrier(3), []
+
+    def run() -> None:
+        start.wait()
+        try:
+            seasons.append(got.fetch_got(tmp_path).season.read_bytes())
+        except Exception as error:  # compared below
+            seasons.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = (got_data_dir / "raw/got/season1.txt").read_bytes()
+    assert seasons == [expected] * 3 and rebuilds == [1]
+    assert not list((tmp_path / "raw/got").rglob("*.tmp"))
 
 
 def test_downloaded_file_with_a_wrong_hash_is_deleted(

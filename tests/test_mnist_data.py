@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import struct
+import threading
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -398,6 +399,41 @@ def test_hand_placed_idx_files_are_used_without_network(
     monkeypatch.setattr(mnist, "read_idx_files", never)
     again = mnist.prepare_mnist(tmp_path)
     assert (again.path, again.source, again.downloaded) == (prepared.path, "idx", False)
+
+
+def test_concurrent_runs_take_turns_and_prepare_once(
+    tmp_path: Path, offline: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three runs started together on one data folder: one reads and writes, the others wait
+    for it and find the prepared folder (no shared temporary file names to trip over)."""
+    files = idx_files(fake_mnist())
+    pin(monkeypatch, files=files)
+    place(tmp_path, files)
+    reads: list[int] = []
+    read_idx_files = mnist.read_idx_files
+
+    def counted(paths: dict[str, Path]) -> dict[str, np.ndarray]:
+        reads.append(1)
+        return read_idx_files(paths)
+
+    monkeypatch.setattr(mnist, "read_idx_files", counted)
+    start, results = threading.Barrier(3), []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(mnist.prepare_mnist(tmp_path).path)
+        except Exception as error:  # compared below
+            results.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [tmp_path / "prepared" / "mnist"] * 3 and reads == [1]
+    assert np.load(results[0] / "train_labels.npy").shape == (20,)
+    assert not list(results[0].glob("*.tmp"))
 
 
 def test_hand_placed_wheel_is_read_without_network(

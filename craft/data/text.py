@@ -128,15 +128,15 @@ def write_atomic(path: Path, payload: bytes) -> None:
 
 
 @contextmanager
-def folder_lock(directory: Path) -> Iterator[None]:
-    """Hold `directory`'s lock (an exclusive `flock` on its `.lock` file) while the block runs.
+def folder_lock(directory: Path, name: str = LOCK_FILE) -> Iterator[None]:
+    """Hold an exclusive `flock` on `directory/name` (created if missing) while the block runs.
 
     The lock is advisory: it orders Craft's own writers. The kernel releases it when the
     process dies, so a killed run never leaves the folder locked.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -4,6 +4,8 @@
 the sdist in hash-checking mode (pip verifies the hash before it prepares the sdist's metadata in
 its isolated build environment); Craft checks the hash again, reads only the transcript and split
 list members out of the tarball, and never installs the package or imports any of its code.
+Concurrent fetches take turns (a lock file in the data folder); every file is written under a
+unique temporary name and renamed into place, the manifest last.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from craft.data.sources.pip_fetch import pip_download
-from craft.data.text import sha256_file
+from craft.data.text import folder_lock, sha256_file, write_atomic
 from craft.errors import DataError
 
 REQUIREMENT = "pyannote.db.gameofthrones==0.1"
@@ -29,6 +31,7 @@ _TRANSCRIPT = re.compile(
 _SPLIT_LIST = re.compile(r"[^/]+/GameOfThrones/data/[^/]+\.lst")
 # Tokens written flush against the word before them.
 _ATTACH_LEFT = {".", ",", "?", "!", "...", ";", ":", ")", "]"}
+LOCK_FILE = ".got.lock"  # in the data folder: one fetch of the GOT scripts at a time
 _CONTRACTIONS = {"'s", "'re", "n't", "'ll", "'ve", "'d", "'m"}
 
 
@@ -45,14 +48,30 @@ def fetch_got(data_dir: Path, *, pip_timeout_s: int = 30) -> GotScripts:
     """Make sure `data_dir/raw/got/season1.txt` exists, downloading the sdist only if needed."""
     data_dir = Path(data_dir)
     raw_dir = data_dir / "raw" / "got"
-    manifest = raw_dir / "manifest.json"
-    if manifest.is_file():
-        recorded = json.loads(manifest.read_text())
+    cached = _cached(raw_dir)
+    if cached is not None:
+        return cached
+    with folder_lock(data_dir, LOCK_FILE):
+        cached = _cached(raw_dir)  # another fetch may have finished while this one waited
+        if cached is not None:
+            return cached
+        return _download_and_rebuild(data_dir, raw_dir, pip_timeout_s)
+
+
+def _cached(raw_dir: Path) -> GotScripts | None:
+    """The scripts when the manifest says they were rebuilt from the pinned sdist, and are there."""
+    try:
+        recorded = json.loads((raw_dir / "manifest.json").read_text())
         season = raw_dir / recorded["season"]
         episodes = [raw_dir / name for name in recorded["episodes"]]
-        if recorded.get("sdist_sha256") == SHA256 and all(p.is_file() for p in [season, *episodes]):
-            return GotScripts(season, episodes, downloaded=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or unreadable: rebuild
+    if recorded.get("sdist_sha256") == SHA256 and all(p.is_file() for p in [season, *episodes]):
+        return GotScripts(season, episodes, downloaded=False)
+    return None
 
+
+def _download_and_rebuild(data_dir: Path, raw_dir: Path, pip_timeout_s: int) -> GotScripts:
     sdist = data_dir / "downloads" / SDIST
     downloaded = False
     if sdist.is_file() and sha256_file(sdist) != SHA256:
@@ -117,7 +136,7 @@ def rebuild_all(files: dict[str, bytes], raw_dir: Path) -> GotScripts:
     for name in sorted(files):
         match = _TRANSCRIPT.fullmatch(f"x/GameOfThrones/data/audio/{name}")
         if match is None:
-            (raw_dir / "splits" / name).write_bytes(files[name])
+            write_atomic(raw_dir / "splits" / name, files[name])
             continue
         try:
             transcript = files[name].decode("utf-8")
@@ -126,11 +145,11 @@ def rebuild_all(files: dict[str, bytes], raw_dir: Path) -> GotScripts:
         script = rebuild_script(transcript, source=name)
         season_no, episode_no = int(match.group(1)), int(match.group(2))
         path = episode_dir / f"S{season_no:02d}E{episode_no:02d}.txt"
-        path.write_text(script, encoding="utf-8")
+        write_atomic(path, script.encode("utf-8"))
         scripts.append(script)
         episodes.append(path)
     season = raw_dir / "season1.txt"
-    season.write_text("\n".join(scripts), encoding="utf-8")
+    write_atomic(season, "\n".join(scripts).encode("utf-8"))
     manifest = {
         "sdist": SDIST,
         "sdist_sha256": SHA256,
@@ -138,7 +157,7 @@ def rebuild_all(files: dict[str, bytes], raw_dir: Path) -> GotScripts:
         "episodes": [str(p.relative_to(raw_dir)) for p in episodes],
     }
     # Written last: its presence means the files above are complete.
-    (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_atomic(raw_dir / "manifest.json", json.dumps(manifest, indent=2).encode())
     return GotScripts(season, episodes, downloaded=False)
 
 

