@@ -197,7 +197,8 @@ def _resolve(path: Path, including: Path | None) -> Path:
     if not path.is_absolute():
         if including is not None:
             candidates.insert(0, including.parent / path)
-        candidates.append(GIN_ROOT / path)
+        # Craft's own configs, from any working folder: `gin/got_char.gin` or `got_char.gin`.
+        candidates += [GIN_ROOT.parent / path, GIN_ROOT / path]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -13,7 +13,7 @@ import torch
 from craft import checkpoint
 from craft.checkpoint import CheckpointError
 from craft.data.tokenizers import Tokenizer, load_tokenizer
-from craft.errors import ConfigError
+from craft.errors import ConfigError, DataError
 from craft.models import ModelSpec
 from craft.tasks import TASKS, Task
 from craft.train import meta as checkpoint_meta
@@ -39,20 +39,58 @@ class Loaded:
         return str(self.meta.get("task", "lm"))  # checkpoints before tasks were all lm
 
     def task(self, data_dir: str | None = None) -> Task:
-        """The task it was trained on, over the data found from `data_dir` (default data/)."""
+        """The task it was trained on, over the data found from `data_dir`.
+
+        Without `data_dir`: `data/` in the working folder, else the data folder of the run,
+        found from where the run folder sits (so evaluation works from any working folder).
+        """
         if self.task_name not in TASKS:
             raise CheckpointError(f"{self.path} names an unknown task {self.task_name!r}")
+        candidates = [data_dir] if data_dir is not None else [None, *self._run_data_dir()]
+        first_error: DataError | None = None
+        for candidate in candidates:
+            try:
+                task = self._open_task(candidate)
+                break
+            except DataError as error:
+                first_error = first_error or error
+        else:
+            assert first_error is not None
+            raise first_error
+        # As in training: the data must fit the model (vocabulary, classes, image shape), and
+        # the task learns what it takes from the model (a text window).
+        task.fill_model_config(self.spec, self.model_cfg)
+        return task
+
+    def _open_task(self, data_dir: str | None) -> Task:
         try:
-            task = TASKS[self.task_name].for_checkpoint(self.meta, self.path.parent, data_dir)
+            return TASKS[self.task_name].for_checkpoint(self.meta, self.path.parent, data_dir)
         except (KeyError, TypeError, ValueError) as error:  # ValidationError is a ValueError
             raise CheckpointError(
                 f"{self.path}: its metadata does not describe a {self.task_name!r} run "
                 f"({type(error).__name__}: {error})"
             ) from None
-        # As in training: the data must fit the model (vocabulary, classes, image shape), and
-        # the task learns what it takes from the model (a text window).
-        task.fill_model_config(self.spec, self.model_cfg)
-        return task
+
+    def _run_data_dir(self) -> list[str]:
+        """The run's data folder, resolved against the run folder: a run in
+        `<root>/<output_dir>/<name>/<date>/<time>/` kept its relative `data_dir` in `<root>`.
+        Only relative paths without `..` are followed, so a record cannot point elsewhere."""
+        run = self.meta["configs"].get("RunConfig", {})
+        stored = next(
+            (cfg["data_dir"] for cfg in self.meta["configs"].values() if "data_dir" in cfg), None
+        )
+        output_dir, name = Path(str(run.get("output_dir", ""))), str(run.get("name", ""))
+        if not stored or not name or output_dir.is_absolute() or ".." in output_dir.parts:
+            return []
+        data = Path(str(stored))
+        if data.is_absolute() or ".." in data.parts:
+            return []
+        run_dir = self.path.resolve().parent.parent  # <run>/checkpoints/<file>
+        depth = len(output_dir.parts) + 2  # <output_dir>/<name>/<date>/<time>
+        parents = run_dir.parents
+        if len(parents) <= depth or run_dir.parents[1].name != name:
+            return []
+        return [str(parents[depth] / data)]
 
     def loss_fn(self, task: Task) -> Callable[..., Any]:
         return functools.partial(task.loss, functools.partial(self.spec.apply, cfg=self.model_cfg))
