@@ -47,6 +47,13 @@ def the_run(root: Path) -> Path:
     return run_dir
 
 
+def first_run(root: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """Train tiny.gin's 8 steps; its run folder."""
+    code, _, err = train(capsys)
+    assert code == 0, err
+    return the_run(root)
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -96,9 +103,7 @@ def test_finished_fewer_steps_and_changed_config(
 def test_metrics_have_no_duplicate_steps_after_resuming_an_earlier_checkpoint(
     tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = train(capsys)
-    assert code == 0, err
-    run_dir = the_run(tiny_run)
+    run_dir = first_run(tiny_run, capsys)
     # Back to step 4: steps 5..8 are redone and must appear once.
     code, _, err = train(capsys, f"--resume={run_dir / 'checkpoints/step-00000004.safetensors'}")
     assert code == 0, err
@@ -111,9 +116,7 @@ def test_metrics_have_no_duplicate_steps_after_resuming_an_earlier_checkpoint(
 def test_latest_skips_an_unreadable_newest_checkpoint(
     tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = train(capsys)
-    assert code == 0, err
-    run_dir = the_run(tiny_run)
+    run_dir = first_run(tiny_run, capsys)
     final = run_dir / CHECKPOINT_8
     final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])  # a torn copy
 
@@ -135,9 +138,7 @@ def test_latest_skips_an_unreadable_newest_checkpoint(
 def test_a_checkpoint_outside_a_run_folder_starts_a_new_one(
     tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = train(capsys)
-    assert code == 0, err
-    run_dir = the_run(tiny_run)
+    run_dir = first_run(tiny_run, capsys)
     downloads = tiny_run / "Downloads"
     downloads.mkdir()
     shutil.copy2(run_dir / CHECKPOINT_8, downloads)

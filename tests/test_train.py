@@ -179,35 +179,28 @@ def test_generate_without_tokenizer_says_so(
     assert "has no tokenizer beside it" in result.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits(
-    run_cli: CliRunner, tmp_path: Path, text_file: Path
+@pytest.mark.parametrize(
+    ("hook", "code", "status"),
+    [("InterruptAtStep3", 130, "interrupted"), ("TerminateAtStep3", 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_stopping_saves_a_checkpoint_and_exits(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path, hook: str, code: int, status: str
 ) -> None:
+    """Ctrl-C or SIGTERM during step 3: a checkpoint at 3, the summary, status 130 or 143
+    (as a shell reports those signals), and a resume that finishes the run."""
     (tmp_path / "tiny.gin").write_text(
         TINY.format(source=text_file, steps=12)
-        + "TrainConfig.hooks = ['tests.hooks_for_tests.InterruptAtStep3']\n"
+        + f"TrainConfig.hooks = ['tests.hooks_for_tests.{hook}']\n"
     )
     result = run_cli("--gin_file=tiny.gin")
-    assert result.returncode == 130
-    assert "status: interrupted after 3 steps" in result.stdout
-    assert "Traceback" not in result.stderr
-    [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
-    assert (run_dir / "checkpoints/step-00000003.safetensors").is_file()
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_143(
-    run_cli: CliRunner, tmp_path: Path, text_file: Path
-) -> None:
-    (tmp_path / "tiny.gin").write_text(
-        TINY.format(source=text_file, steps=12)
-        + "TrainConfig.hooks = ['tests.hooks_for_tests.TerminateAtStep3']\n"
-    )
-    result = run_cli("--gin_file=tiny.gin")
-    assert result.returncode == 143, result.stderr
-    assert "status: terminated after 3 steps" in result.stdout
+    assert result.returncode == code, result.stderr
+    assert f"status: {status} after 3 steps" in result.stdout
     assert "Traceback" not in result.stderr
     [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
     assert (run_dir / "checkpoints/step-00000003.safetensors").is_file()
     assert [row["step"] for row in read_metrics(run_dir) if "train/loss" in row] == [1, 2, 3]
+    (tmp_path / "tiny.gin").write_text(TINY.format(source=text_file, steps=12))
     resumed = run_cli("--gin_file=tiny.gin", "--resume=latest")
     assert resumed.returncode == 0, resumed.stderr
     assert "status: finished after 12 steps" in resumed.stdout
