@@ -109,7 +109,14 @@ class Loaded:
                 f"{self.path} has no tokenizer beside it (expected {path}); copy the dataset's "
                 "tokenizer file (tokenizer.json or tokenizer.model) next to the checkpoint"
             )
-        return load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
+        model_vocab = getattr(self.model_cfg, "vocab_size", None)
+        if model_vocab is not None and tokenizer.vocab_size != model_vocab:
+            raise CheckpointError(
+                f"{path} has {tokenizer.vocab_size} symbols, but the model in {self.path.name} "
+                f"was trained on {model_vocab}: not the tokenizer it was trained with"
+            )
+        return tokenizer
 
 
 def load_for_inference(path: Path) -> Loaded:

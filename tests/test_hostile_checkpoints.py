@@ -160,3 +160,13 @@ def test_stored_data_paths_never_redirect_evaluation(
         assert code == 0, err
         results.append(json.loads(out)["loss"])
     assert results[0] == results[1]
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = forged(trained, tmp_path, lambda record: record)
+    (path.parent / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("ab")}))
+    code, out, err = run_main(["generate", f"--checkpoint={path}", "--prompt=a"], capsys)
+    assert code == 1 and out == ""
+    assert "has 2 symbols, but the model in step-00000004.safetensors was trained on" in err
