@@ -18,7 +18,6 @@ from craft.runs import RunConfig, create_run_dir, write_effective_config
 from craft.summaries import print_summary
 from craft.tasks import TASKS
 from craft.tracking import MetricsConfig, TrackingHook, make_trackers
-from craft.tracking.jsonl import drop_rows_after
 from craft.train.config import TrainConfig
 from craft.train.hooks import Hook
 from craft.train.loop import fit, make_setup
@@ -65,8 +64,6 @@ def train(
         if world.main:
             print(report)
             _record_config(run_dir, configs, resumption, changes)
-            if resumption is not None and resumption.run_dir == run_dir:
-                drop_rows_after(run_dir, resumption.meta.step)  # the steps redone from here
             trackers = make_trackers(_get(configs, MetricsConfig), run_dir, used)
             # Previews first: their images reach the trackers before these finish.
             hooks = [*task.previews(trackers, train_cfg.sample_every), TrackingHook(trackers)]

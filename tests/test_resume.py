@@ -5,6 +5,7 @@ run folder starts a new one, and metrics.jsonl never repeats a step."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -100,17 +101,24 @@ def test_finished_fewer_steps_and_changed_config(
     assert steps == list(range(1, 13))
 
 
-def test_metrics_have_no_duplicate_steps_after_resuming_an_earlier_checkpoint(
+def test_metrics_and_samples_have_no_duplicate_steps_after_resuming_an_earlier_checkpoint(
     tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir = first_run(tiny_run, capsys)
+    sampling = "--gin.TrainConfig.sample_every=4"
+    code, _, err = train(capsys, sampling)
+    assert code == 0, err
+    run_dir = the_run(tiny_run)
     # Back to step 4: steps 5..8 are redone and must appear once.
-    code, _, err = train(capsys, f"--resume={run_dir / 'checkpoints/step-00000004.safetensors'}")
+    code, _, err = train(
+        capsys, sampling, f"--resume={run_dir / 'checkpoints/step-00000004.safetensors'}"
+    )
     assert code == 0, err
     steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
     assert steps == list(range(1, 9))
     evals = [row["step"] for row in read_metrics(run_dir) if "val/loss" in row]
-    assert evals == sorted(set(evals))
+    assert evals == [4, 8]
+    samples = (run_dir / "samples.txt").read_text()
+    assert re.findall(r"^=== step (\d+) ===$", samples, re.MULTILINE) == ["4", "8"]
 
 
 def test_latest_skips_an_unreadable_newest_checkpoint(

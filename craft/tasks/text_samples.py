@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +14,9 @@ from craft.data.tokenizers import Tokenizer
 from craft.errors import DataError
 from craft.generate import SamplingConfig, generate_text
 from craft.train.hooks import Hook, RunInfo
+
+SAMPLES_FILE = "samples.txt"
+_HEADER = re.compile(r"^=== step (\d+) ===$", re.MULTILINE)
 
 
 @configurable
@@ -32,6 +37,10 @@ class TextSampleHook(Hook):
     def __init__(self, tokenizer: Tokenizer, cfg: TextSampleConfig, every: int, trackers: Any):
         self.tokenizer, self.cfg, self.every, self.trackers = tokenizer, cfg, every, trackers
         self.last_step: int | None = None
+
+    def on_start(self, run: RunInfo) -> None:
+        if run.start_step:  # resumed: the samples past the checkpoint are written again
+            drop_samples_after(run.run_dir / SAMPLES_FILE, run.start_step)
 
     def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
         if self.every and step % self.every == 0 and step < run.total_steps:
@@ -55,9 +64,21 @@ class TextSampleHook(Hook):
             run.model_name, params, run.model_config, self.tokenizer, prompt, sampling,
             device=device,
         )  # fmt: skip
-        with open(run.run_dir / "samples.txt", "a", encoding="utf-8") as handle:
+        with open(run.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as handle:
             handle.write(f"=== step {step} ===\n{text}\n\n")
         if self.trackers is not None:
             self.trackers.log_text("samples", text, step)
         self.last_step = step
         return text
+
+
+def drop_samples_after(path: Path, step: int) -> None:
+    """Remove the samples of steps past `step` from a samples file (renamed into place)."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    cut = next((m.start() for m in _HEADER.finditer(text) if int(m.group(1)) > step), None)
+    if cut is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text[:cut], encoding="utf-8")
+        tmp.replace(path)

@@ -14,7 +14,8 @@ METRICS_FILE = Path("logs") / "metrics.jsonl"
 
 
 class JsonlTracker(Tracker):
-    """Appends rows to `<run_dir>/logs/metrics.jsonl` (a resumed run continues the file)."""
+    """Appends rows to `<run_dir>/logs/metrics.jsonl`; a resumed run continues the file after
+    dropping the rows past its checkpoint, so no step appears twice."""
 
     def __init__(self, run_dir: Path, every: int = 1):
         self.path = Path(run_dir) / METRICS_FILE
@@ -23,6 +24,8 @@ class JsonlTracker(Tracker):
 
     def start(self, run: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if getattr(run, "start_step", 0):  # resumed: the steps past the checkpoint are redone
+            drop_rows_after(self.path.parent.parent, run.start_step)
         # Line buffering keeps every row on disk as it is written: a crash loses nothing and
         # `tail -f` follows the run.
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
