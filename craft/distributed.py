@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from craft.errors import ConfigError
+from craft.errors import ConfigError, CraftError
 
 BUCKET_BYTES = 25 * 2**20  # per all-reduce: few large collectives beat many small ones
 
@@ -33,6 +33,10 @@ class World:
     def main(self) -> bool:
         """Rank 0 logs and writes checkpoints."""
         return self.rank == 0
+
+
+class RankLostError(CraftError):
+    """A collective failed: another rank died, hung past the timeout or lost its connection."""
 
 
 def world_from_env(env: Mapping[str, str] | None = None) -> World:
@@ -111,7 +115,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
     count = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(count)
+    _all_reduce(count, "agreeing whether to stop")
     return bool(count.item())
 
 
@@ -153,11 +157,19 @@ def _collective(name: str, older: str) -> Callable[..., object]:
 
 def _reduce_bucket(bucket: list[torch.Tensor]) -> None:
     flat = torch.cat([t.reshape(-1) for t in bucket])
-    dist.all_reduce(flat)
+    _all_reduce(flat, "summing gradients")
     offset = 0
     for tensor in bucket:
         tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
         offset += tensor.numel()
+
+
+def _all_reduce(tensor: torch.Tensor, doing: str) -> None:
+    try:
+        dist.all_reduce(tensor)
+    except RuntimeError as error:  # gloo and NCCL report a lost peer or a timeout this way
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RankLostError(f"another rank stopped answering while {doing} ({reason})") from error
 
 
 def backend() -> str:

@@ -21,6 +21,7 @@ from craft.tracking import MetricsConfig, TrackingHook, make_trackers
 from craft.train.config import TrainConfig
 from craft.train.hooks import Hook
 from craft.train.loop import fit, make_setup
+from craft.train.stop import StopSignal
 
 
 def train(
@@ -31,7 +32,6 @@ def train(
     `resume`: `latest`, a checkpoint file or a folder; see `craft.resume` for what is checked.
     """
     run_cfg, train_cfg = _get(configs, RunConfig), _get(configs, TrainConfig)
-    task_cls = TASKS[run_cfg.task]
     world = distributed.world_from_env()
     resumption = None
     if resume is not None:
@@ -43,6 +43,18 @@ def train(
                     "steps; nothing to do (raise TrainConfig.steps to train further)"
                 )
             return {"status": "finished", "steps": resumption.meta.step, "note": "nothing to do"}
+    # Held for the whole run: a SIGTERM while the data is prepared, or while a stopped run saves
+    # and reports, is noted instead of killing the process midway.
+    with StopSignal() as stop:
+        return _train(configs, world, resumption, stop, resume_with_changes=resume_with_changes)
+
+
+def _train(
+    configs: dict[str, BaseModel], world: distributed.World, resumption: Resumption | None,
+    stop: StopSignal, *, resume_with_changes: bool,
+) -> dict[str, Any]:  # fmt: skip
+    run_cfg, train_cfg = _get(configs, RunConfig), _get(configs, TrainConfig)
+    task_cls = TASKS[run_cfg.task]
     distributed.init(world, timeout_s=train_cfg.dist_timeout_s)
     finished = False
     try:
@@ -68,7 +80,7 @@ def train(
             # Previews first: their images reach the trackers before these finish.
             hooks = [*task.previews(trackers, train_cfg.sample_every), TrackingHook(trackers)]
         resume_path = resumption.path if resumption is not None else None
-        summary = fit(setup, run_dir, hooks=hooks, resume=resume_path, world=world)
+        summary = fit(setup, run_dir, hooks=hooks, resume=resume_path, world=world, stop=stop)
         if world.main:
             print_summary(summary)
         finished = summary["status"] == "finished"

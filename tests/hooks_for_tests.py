@@ -31,3 +31,23 @@ class TerminateAtStep3(Hook):
     def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class KillOtherRankAtStep3(Hook):
+    """On rank 0 during step 3, SIGKILLs its sibling rank (the other child of the torchrun
+    agent), as a crash or the OOM killer would."""
+
+    def on_step_end(self, run: RunInfo, step: int, metrics: dict[str, float]) -> None:
+        if step != 3:
+            return
+        agent, me = os.getppid(), os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == agent:
+                os.kill(int(entry), signal.SIGKILL)

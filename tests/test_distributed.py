@@ -193,6 +193,28 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path
     assert "status: finished after 8 steps" in resumed.stdout
 
 
+def test_a_rank_that_dies_leaves_rank_0_state_saved(tmp_path: Path) -> None:
+    """Rank 1 is killed during step 3; rank 0's gradient sum of step 4 fails, and since the
+    sum comes before any update it saves its state after step 3, which one process resumes."""
+    write_tiny_gin(
+        tmp_path, shard=False,
+        extra="TrainConfig.hooks = ['tests.hooks_for_tests.KillOtherRankAtStep3']\n"
+        "TrainConfig.dist_timeout_s = 30\n",
+    )  # fmt: skip
+    crashed = craft_cli(tmp_path, "--gin_file=tiny.gin", ranks=2)
+    assert crashed.returncode != 0
+    assert "craft: error: another rank stopped answering while" in crashed.stderr
+    assert "the state after step 3 is saved:" in crashed.stderr, crashed.stderr[-3000:]
+    [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
+    assert (run_dir / "checkpoints/step-00000003.safetensors").is_file()
+    (tmp_path / "tiny.gin").write_text(
+        (tmp_path / "tiny.gin").read_text().replace("TrainConfig.hooks", "# TrainConfig.hooks")
+    )
+    resumed = craft_cli(tmp_path, "--gin_file=tiny.gin", f"--resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "status: finished after 8 steps" in resumed.stdout
+
+
 def test_mnist_trains_data_parallel_like_one_process(tmp_path: Path) -> None:
     """The classify task under torchrun: 2 gloo ranks end where 1 process does (SGD: see
     above), and the run's first line names the ranks and the backend."""

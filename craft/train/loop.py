@@ -89,12 +89,14 @@ def fit(
     hooks: list[Hook] | tuple[Hook, ...] = (),
     resume: str | Path | None = None,
     world: distributed.World | None = None,
+    stop: StopSignal | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, checkpoint and call the hooks; returns the run's summary.
 
     Under torchrun (`world` of several ranks) every rank trains on its slice of each global
     batch and applies the same summed update; only rank 0 writes files and calls hooks (every
     rank runs the checkpointer, which gathers a sharded optimizer state; rank 0 writes it).
+    `stop`: the caller's SIGTERM watch (else `fit` installs its own while it runs).
     """
     train, task, spec = setup.train, setup.task, setup.spec
     world = world or distributed.World()
@@ -177,11 +179,14 @@ def fit(
     final: dict[str, float] = {}
     started = time.perf_counter()
     step = start
-    stop = StopSignal()
-    stop.install()
+    own_stop = stop is None
+    stop = stop or StopSignal()
+    if own_stop:
+        stop.install()
     for hook in all_hooks:
         hook.on_start(run)
     try:
+        stop.check(world, device)  # a SIGTERM while the data was being prepared
         while step < train.steps:
             tick = time.perf_counter()
             batch = task.train_batch(seed=setup.seed, step=step, size=train.batch_size)
@@ -234,11 +239,22 @@ def fit(
         elif step > start and checkpointer.last_saved != step:
             # Every rank stops after the same step: a sharded state can be gathered.
             checkpointer.save(run, step)
+    except distributed.RankLostError as error:
+        summary["status"] = "failed"
+        if shards is None and world.main and step > start and checkpointer.last_saved != step:
+            # The gradient sum comes before any update, so this rank's state is whole after
+            # its last completed step; save it before torchrun stops the process.
+            saved = checkpointer.save(run, step)
+            raise distributed.RankLostError(
+                f"{error}; the state after step {step} is saved: {saved}"
+            ) from None
+        raise
     except BaseException:
         summary["status"] = "failed"
         raise
     finally:
-        stop.restore()
+        if own_stop:
+            stop.restore()
         summary.update(
             steps=step,
             examples=(step - start) * train.batch_size,

@@ -23,7 +23,11 @@ class Stopped(Exception):  # noqa: N818 (a request, not an error)
 
 
 class StopSignal:
-    """Notes SIGTERM while installed (only the main thread may install signal handlers)."""
+    """Notes SIGTERM while installed (only the main thread may install signal handlers).
+
+    The CLI keeps one installed for the whole command, so a SIGTERM that arrives while a run
+    prepares its data, or while it saves and reports after it stopped, cannot kill it midway.
+    """
 
     def __init__(self) -> None:
         self.received: str | None = None
@@ -31,6 +35,13 @@ class StopSignal:
         """True when the ranks could not agree (another rank is gone): this rank stops alone."""
         self._previous: Any = None
         self._installed = False
+
+    def __enter__(self) -> StopSignal:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -51,7 +62,7 @@ class StopSignal:
         if world.size > 1:
             try:
                 asked = distributed.any_rank(asked, device)
-            except RuntimeError:
+            except distributed.RankLostError:
                 if not asked:
                     raise
                 self.alone = True  # a rank is gone; stop with what this rank holds
