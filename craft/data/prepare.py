@@ -393,8 +393,12 @@ def _make_tokenizer(
     if data.tokenizer == "char":
         # The vocabulary covers the whole text so that val and test encode too.
         return CharTokenizer.from_codepoints(stats.seen)
+    # The sample is read whole before training starts: streaming it into SentencePiece while
+    # it trains interleaves the text's chunks with the trainer's allocations, and the heap
+    # then grew with the input (371 MB for 400 MB of text, against 244 MB for 200 MB).
+    sample = list(_training_lines(input_path, data, train_chars))
     return SentencePieceTokenizer.train_lines(
-        _training_lines(input_path, data, train_chars),
+        sample,
         vocab_size=settings.vocab_size,
         model_type=settings.model_type,
         character_coverage=settings.character_coverage,

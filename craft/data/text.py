@@ -97,7 +97,10 @@ class PendingFile:
     def __init__(self, path: Path):
         self.path = Path(path)
         prefix = f".{self.path.name}."
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=prefix, suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=prefix, suffix=".tmp")
+        except OSError as error:
+            raise DataError(f"cannot write {self.path} ({error.strerror})") from None
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; keep the usual mode
         self.tmp = Path(tmp)
         self.handle = os.fdopen(fd, "wb")
@@ -135,13 +138,28 @@ def folder_lock(directory: Path, name: str = LOCK_FILE) -> Iterator[None]:
     process dies, so a killed run never leaves the folder locked.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the folder {directory} ({error.strerror})") from None
+    fd = _open_lock_file(directory / name)
+    if fd is None:  # a read-only folder: nothing here can be written, so nothing to order
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_lock_file(path: Path) -> int | None:
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            return os.open(path, flags, 0o666)
+        except OSError:
+            continue
+    return None
 
 
 def _umask() -> int:
