@@ -31,6 +31,7 @@ from craft.data.text import iter_text, read_text
 from craft.data.tokenizers import CharTokenizer, load_tokenizer
 from craft.errors import DataError
 from craft.tasks.lm import LanguageModeling
+from tests.conftest import CliRunner
 
 TEXT = "".join(f"SPEAKER_{i % 7}: line number {i}, said plainly.\n" for i in range(400))
 
@@ -211,15 +212,31 @@ def test_unknown_split_name(tmp_path: Path, text_file: Path) -> None:
 # -- empty splits ---------------------------------------------------------------------------
 
 
-def test_a_zero_val_ratio_is_refused_before_anything_is_written(
+def test_a_zero_val_ratio_is_refused_when_the_config_is_checked(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
+    result = run_cli("prepare", f"--input={text_file}", "--output_dir=out", "--split_ratios=1,0,0")
+    assert result.returncode == 2
+    assert (
+        "DataConfig.split_ratios = (1, 0, 0) (flag --split_ratios): split ratios [1.0, 0.0, 0.0] "
+        "leave the val split empty; training needs text in both (test may be 0)"
+    ) in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_a_zero_val_ratio_before_anything_is_written(
     tmp_path: Path, text_file: Path
 ) -> None:
+    """prepare's own check, for configs built without validation (`model_construct`)."""
+    unchecked = DataConfig.model_construct(
+        **{**dict(DataConfig()), "split_ratios": (1.0, 0.0, 0.0)}
+    )
     with pytest.raises(
         DataError,
         match=r"split_ratios=\[1.0, 0.0, 0.0\] leave the val split of .*script.txt empty, but "
         r"training needs text in train and val; give val a share \(e.g. --split_ratios=",
     ):
-        prepare(text_file, tmp_path / "out", DataConfig(split_ratios=(1.0, 0.0, 0.0)))
+        prepare(text_file, tmp_path / "out", unchecked)
     # No meta.json, no bins, no temporaries: only the folder's lock file.
     assert [p.name for p in (tmp_path / "out").iterdir()] == [".lock"]
 

@@ -15,6 +15,12 @@ def _check_split_ratios(ratios: tuple[float, float, float]) -> tuple[float, floa
         raise ValueError(f"split ratios must not be negative, got {list(ratios)}")
     if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
         raise ValueError(f"split ratios must sum to 1, got {list(ratios)} (sum {sum(ratios):g})")
+    if ratios[0] == 0 or ratios[1] == 0:
+        # Training reads train and val: an empty one would fail only once training starts.
+        raise ValueError(
+            f"split ratios {list(ratios)} leave the {'train' if ratios[0] == 0 else 'val'} "
+            "split empty; training needs text in both (test may be 0)"
+        )
     return ratios
 
 
