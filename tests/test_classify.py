@@ -65,7 +65,11 @@ def test_cli_trains_evaluates_and_draws(run_cli: CliRunner, digits: Path) -> Non
     assert result["accuracy"] == pytest.approx(accuracy, abs=1e-4) and result["loss"] > 0
     assert result["images"] == 200
 
-    resumed = run_cli("--gin_file=digits.gin", "--gin.TrainConfig.steps=40", "--resume=latest")
+    # Ten more steps stretch the cosine schedule: a change the resume must be told to accept.
+    longer = ("--gin_file=digits.gin", "--gin.TrainConfig.steps=40", "--resume=latest")
+    refused = run_cli(*longer)
+    assert refused.returncode == 2 and "Schedule.total_steps: 30 -> 40" in refused.stderr
+    resumed = run_cli(*longer, "--resume_with_changes")
     assert resumed.returncode == 0, resumed.stderr
     assert "status: finished after 40 steps" in resumed.stdout
 

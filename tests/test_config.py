@@ -101,6 +101,7 @@ def test_far_off_name_lists_valid_ones() -> None:
         ("DataConfig.tokenizer = 'words'", "'char' or 'subword'"),
         ("DataConfig.split_ratios = (0.5, 0.6, -0.1)", "must not be negative"),
         ("DataConfig.split_ratios = (0.5, 0.2, 0.2)", "must sum to 1"),
+        ("DataConfig.split_ratios = (0.0, 0.5, 0.5)", "leave the train split empty"),
     ],
 )
 def test_bad_values_name_the_binding_and_the_reason(
@@ -172,7 +173,8 @@ def test_gin_flag_without_value_is_an_error() -> None:
         config.split_gin_flags(["--gin_file"])
 
 
-ratios = st.tuples(st.integers(0, 100), st.integers(0, 100), st.integers(1, 100)).map(
+# Train and val need a share (training reads both); test may be 0.
+ratios = st.tuples(st.integers(1, 100), st.integers(1, 100), st.integers(0, 100)).map(
     lambda t: tuple(x / sum(t) for x in t)
 )
 
