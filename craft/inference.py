@@ -111,10 +111,11 @@ class Loaded:
             )
         tokenizer = load_tokenizer(path)
         model_vocab = getattr(self.model_cfg, "vocab_size", None)
-        if model_vocab is not None and tokenizer.vocab_size != model_vocab:
+        # The model's table may be padded past the tokenizer's (GPT-2 style), never shorter.
+        if model_vocab is not None and tokenizer.vocab_size > model_vocab:
             raise CheckpointError(
-                f"{path} has {tokenizer.vocab_size} symbols, but the model in {self.path.name} "
-                f"was trained on {model_vocab}: not the tokenizer it was trained with"
+                f"{path} has {tokenizer.vocab_size} symbols, more than the {model_vocab} of the "
+                f"model in {self.path.name}: not the tokenizer it was trained with"
             )
         return tokenizer
 

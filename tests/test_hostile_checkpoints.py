@@ -166,7 +166,8 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = forged(trained, tmp_path, lambda record: record)
-    (path.parent / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": list("ab")}))
+    chars = [chr(c) for c in range(32, 32 + 200)]  # more symbols than the model knows
+    (path.parent / "tokenizer.json").write_text(json.dumps({"kind": "char", "chars": chars}))
     code, out, err = run_main(["generate", f"--checkpoint={path}", "--prompt=a"], capsys)
     assert code == 1 and out == ""
-    assert "has 2 symbols, but the model in step-00000004.safetensors was trained on" in err
+    assert "has 200 symbols, more than the" in err and "of the model in step-00000004" in err

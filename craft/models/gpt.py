@@ -56,6 +56,8 @@ class GPTConfig(BaseModel):
     tie_embeddings: bool = True
     positions: Literal["learned", "rotary"] = "learned"
     norm: Literal["layer", "rms"] = "layer"
+    activation: Literal["gelu_tanh", "gelu", "relu"] = "gelu_tanh"
+    """The MLP's nonlinearity: GELU's tanh approximation (GPT-2's), exact GELU, or ReLU."""
     remat: bool = False
     """Activation checkpointing per block: recompute activations in backward to save memory."""
 
@@ -195,7 +197,7 @@ def decode_step(
         x = x + cached_self_attention(
             block["attn"], h, cfg.n_head, layer_cache, pos, rotary=rotary, filled=filled
         )
-        x = x + mlp(block["mlp"], _norm(cfg, block["ln2"], x))
+        x = x + mlp(block["mlp"], _norm(cfg, block["ln2"], x), cfg.activation)
     return _logits(params, x, cfg)
 
 
@@ -211,7 +213,8 @@ def _block(
     )
     attn_key, mlp_key = (None, None) if keys is None else (keys[0], keys[1])
     x = x + dropout(attn, cfg.dropout, attn_key)
-    return x + dropout(mlp(block["mlp"], _norm(cfg, block["ln2"], x)), cfg.dropout, mlp_key)
+    hidden = mlp(block["mlp"], _norm(cfg, block["ln2"], x), cfg.activation)
+    return x + dropout(hidden, cfg.dropout, mlp_key)
 
 
 def _logits(params: Params, x: torch.Tensor, cfg: GPTConfig) -> torch.Tensor:

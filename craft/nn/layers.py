@@ -66,8 +66,16 @@ def init_mlp(
     }
 
 
-def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
-    return linear(params["proj"], F.gelu(linear(params["fc"], x), approximate="tanh"))
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+"""The MLP's nonlinearities by name (`GPTConfig.activation`)."""
+
+
+def mlp(params: Params, x: torch.Tensor, activation: str = "gelu_tanh") -> torch.Tensor:
+    return linear(params["proj"], ACTIVATIONS[activation](linear(params["fc"], x)))
 
 
 def dropout(x: torch.Tensor, rate: float, key: torch.Tensor | None) -> torch.Tensor:

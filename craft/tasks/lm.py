@@ -100,7 +100,7 @@ class LanguageModeling(Task):
         # Paths stored in the checkpoint never redirect reads: the data is found from the
         # command line's data folder (default: data/) and the recipe it was prepared with.
         data = DataConfig.model_validate(
-            {**stored["DataConfig"], "data_dir": data_dir or "data", "prepared_dir": None}
+            {**stored.get("DataConfig", {}), "data_dir": data_dir or "data", "prepared_dir": None}
         )
         tok_cfg = TokenizerConfig.model_validate(stored.get("TokenizerConfig", {}))
         given = Path(data_dir) if data_dir else None
