@@ -16,6 +16,7 @@ from craft.data.prepare import PreparedData, open_split, prepare
 from craft.data.tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from craft.errors import ConfigError, CraftError, DataError
 from craft.generate import SamplingConfig, generate_text
+from craft.interop import from_module
 from craft.models import gpt, rnn
 from craft.optim import SGD, AdamW, Optimizer, Schedule
 from craft.runs import RunConfig
@@ -42,6 +43,7 @@ __all__ = [
     "TrainState",
     "build",
     "configurable",
+    "from_module",
     "generate_text",
     "gpt",
     "init_state",
