@@ -24,6 +24,11 @@ class RunConfig(BaseModel):
     """What kind of training: a registered task (craft.tasks.TASKS: lm, classify)."""
     output_dir: str = "outputs/experiments"
     seed: int = Field(0, ge=0)
+    init_from: str | None = Field(None, min_length=1)
+    """Start from the params of this Craft checkpoint (a file, or a run folder: its newest),
+    one a run wrote or an imported model, instead of a fresh init: a fine-tuning run. It
+    starts at step 0 with a fresh optimizer; the model configured must have the same params
+    (dropout and other fields that shape none may differ). `--resume` goes before it."""
 
     @field_validator("task")
     @classmethod

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from craft import tree
 from craft.config import configurable
+from craft.optim.masks import EMBEDDING_NAMES, roles
 from craft.tree import Params
 
 OptState = dict[str, Any]
@@ -20,7 +21,8 @@ OptState = dict[str, Any]
 
 @configurable
 class AdamW(BaseModel):
-    """AdamW. By default no decay on norms, biases (vectors) or embedding tables."""
+    """AdamW. Weight decay follows a param's role: matrices decay; vectors (norm scales,
+    biases) and embedding tables do not, unless asked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -31,7 +33,11 @@ class AdamW(BaseModel):
     decay_vectors: bool = False
     """Also decay 1-d params (norm scales, biases)."""
     decay_embeddings: bool = False
-    """Also decay embedding tables (params named `embedding`)."""
+    """Also decay embedding tables (the params `embeddings` names)."""
+    embeddings: list[str] = list(EMBEDDING_NAMES)
+    """fnmatch patterns of the dotted names that are embedding tables. Craft's layers call
+    them `embedding`; a tree with other names (a module turned into params) lists its own,
+    e.g. ['*.wte.weight', '*.wpe.weight']."""
 
     def init(self, params: Params) -> OptState:
         return {
@@ -68,11 +74,7 @@ class AdamW(BaseModel):
 
 
 def decay_mask(params: Params, opt: AdamW) -> list[bool]:
-    """Per leaf, in `tree.leaves` order: does weight decay apply?"""
-    mask = []
-    for name, leaf in tree.to_dotted(params).items():
-        is_embedding = name.split(".")[-1] == "embedding"
-        mask.append(
-            (leaf.ndim >= 2 or opt.decay_vectors) and (not is_embedding or opt.decay_embeddings)
-        )
-    return mask
+    """Per leaf, in `tree.leaves` order: does weight decay apply? By role, not by name:
+    matrices always, vectors if `decay_vectors`, embedding tables if `decay_embeddings`."""
+    decays = {"matrix": True, "vector": opt.decay_vectors, "embedding": opt.decay_embeddings}
+    return [decays[role] for role in roles(params, opt.embeddings).values()]

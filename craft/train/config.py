@@ -61,6 +61,10 @@ class TrainConfig(BaseModel):
     slower ordered ones. Eager runs are bit-identical either way."""
     hooks: list[str] = []
     """Extra hooks, as import paths of Hook classes: ['my_package.hooks.MyHook']."""
+    trainable: list[str] | None = None
+    """Which params train, as fnmatch patterns on dotted names ('blocks.5.*', 'ln_f.*'); the
+    others are frozen (no gradient, no optimizer state, no update). None: all train, or with
+    LoRA (LoRAConfig.rank > 0) the adapters only; with LoRA these base params train too."""
 
     @field_validator("model")
     @classmethod

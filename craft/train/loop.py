@@ -28,16 +28,20 @@ from craft.devices import peak_flops
 from craft.errors import ConfigError, CraftError
 from craft.models import model_spec
 from craft.models.spec import ModelSpec
-from craft.optim import SGD, AdamW, Optimizer, Schedule
+from craft.optim import SGD, AdamW, Optimizer, Schedule, masks
+from craft.runs import RunConfig
 from craft.tasks.base import Task
+from craft.train import finetune, lora
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
 from craft.train.hooks import Hook, RunInfo
+from craft.train.lora import LoRAConfig
 from craft.train.meta import CheckpointMeta
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
 from craft.train.stop import Stopped, StopSignal
+from craft.tree import Params
 
 RUN_CONFIGS = ("RunConfig", "TrainConfig", "MetricsConfig")
 """Configs every run uses (besides the model's, the optimizer's, the schedule and the task's)."""
@@ -60,10 +64,36 @@ class Setup:
     seed: int
     configs: dict[str, BaseModel]
     """The configs this run uses, as trained (the schedule's length filled in)."""
+    init_from: str | None = None
+    """A checkpoint whose params the run starts from (RunConfig.init_from)."""
+    lora: LoRAConfig | None = None
+    """Low-rank adapters, when LoRAConfig.rank > 0: the params are `{"base", "lora"}`."""
+    trainable: tuple[str, ...] | None = None
+    """Dotted names of the params that train, in the state's params tree (None: all)."""
+
+    def apply(self, params: Params, inputs: Any, **kwargs: Any) -> Any:
+        """The model over the state's params (the adapted model in a LoRA run)."""
+        return self.spec.apply(self.model_params(params), inputs, cfg=self.model_cfg, **kwargs)
+
+    def model_params(self, params: Params) -> Params:
+        """The model's plain params from the state's (a LoRA run's adapters merged)."""
+        return params if self.lora is None else lora.model_params(params, self.lora)
+
+    def initial_params(self, *, from_checkpoint: bool = True) -> Params:
+        """The params a fresh run starts from: `init_from`'s (unless `from_checkpoint` is
+        False: a resumed run only needs their shapes) or `init`'s, with adapters attached."""
+        if self.init_from is not None and from_checkpoint:
+            params = finetune.load_initial_params(self.init_from, self.spec, self.model_cfg)
+        else:
+            params = self.spec.init(self.model_cfg, seed=self.seed)
+        if self.lora is not None:
+            params = lora.attach(params, lora.init(params, self.lora, seed=self.seed))
+        return params
 
 
 def make_setup(configs: dict[str, BaseModel], task: Task, seed: int) -> Setup:
-    """Pick the registered model, let the task fill and check its config, fill the schedule."""
+    """Pick the registered model, let the task fill and check its config, fill the schedule,
+    and check what fine-tuning asks (trainable patterns, LoRA targets) against the model."""
     train = _pick(configs, TrainConfig)
     spec = model_spec(train.model)
     task.check_model(spec)
@@ -72,14 +102,31 @@ def make_setup(configs: dict[str, BaseModel], task: Task, seed: int) -> Setup:
         _pick(configs, AdamW) if train.optimizer == "adamw" else _pick(configs, SGD)
     )
     schedule = _pick(configs, Schedule).for_run(train.steps)
+    run_cfg = configs.get(RunConfig.__name__)
+    init_from = run_cfg.init_from if isinstance(run_cfg, RunConfig) else None
+    lora_cfg = configs.get(LoRAConfig.__name__)
+    adapters = lora_cfg if isinstance(lora_cfg, LoRAConfig) and lora_cfg.rank > 0 else None
     names = (*RUN_CONFIGS, type(optimizer).__name__, "Schedule", spec.config.__name__,
-             *task.config_names)  # fmt: skip
+             *task.config_names, *([LoRAConfig.__name__] if adapters else []))  # fmt: skip
     used = {name: configs[name] for name in names if name in configs}
     used.update({"Schedule": schedule, spec.config.__name__: model_cfg})
     return Setup(
         train=train, task=task, spec=spec, model_cfg=model_cfg, optimizer=optimizer,
-        schedule=schedule, seed=seed, configs=used,
+        schedule=schedule, seed=seed, configs=used, init_from=init_from, lora=adapters,
+        trainable=_trainable(spec, model_cfg, train.trainable, adapters),
     )  # fmt: skip
+
+
+def _trainable(
+    spec: ModelSpec, model_cfg: Any, patterns: list[str] | None, adapters: LoRAConfig | None
+) -> tuple[str, ...] | None:
+    """The trainable names in the state's params, checked on the meta device (no memory)."""
+    with torch.device("meta"):
+        shapes = spec.init(model_cfg, seed=0)
+    selected = masks.trainable_names(shapes, patterns)
+    if adapters is None:
+        return selected
+    return lora.trainable(lora.attach(shapes, lora.shapes(shapes, adapters)), selected)
 
 
 def fit(
@@ -105,16 +152,23 @@ def fit(
             f"TrainConfig.batch_size = {train.batch_size} must split into {world.size} ranks x "
             f"{train.accum_steps} micro-batches"
         )
+    if train.shard_optimizer and world.size > 1 and setup.trainable is not None:
+        raise ConfigError(
+            "TrainConfig.shard_optimizer shards every param's optimizer state: it does not "
+            "support frozen params yet (TrainConfig.trainable, LoRA); turn one of them off"
+        )
     device = _device(train.device, world.local_rank)
     if train.threads:
         torch.set_num_threads(train.threads)
-    loss_fn = functools.partial(task.loss, functools.partial(spec.apply, cfg=setup.model_cfg))
+    loss_fn = functools.partial(task.loss, setup.apply)
     checkpoints = run_dir / "checkpoints"
     # The whole state is built (and a checkpoint loaded) on the CPU; a sharded run moves only
-    # its slice of the optimizer state to the device.
+    # its slice of the optimizer state to the device. A resumed run's checkpoint holds its
+    # params, so init_from is not read again (it may be gone).
     state = init_state(
-        spec.init(setup.model_cfg, seed=setup.seed), setup.optimizer, seed=setup.seed
-    )
+        setup.initial_params(from_checkpoint=resume is None), setup.optimizer,
+        seed=setup.seed, trainable=setup.trainable,
+    )  # fmt: skip
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
     shards = None
@@ -126,7 +180,7 @@ def fit(
     state = to_device(state, device)
     start = int(state.step)
     if world.main:
-        print(_run_line(setup, device, world, tree.count(state.params)), flush=True)
+        print(_run_line(setup, device, world, state), flush=True)
         checkpoints.mkdir(parents=True, exist_ok=True)
         for path in task.checkpoint_files():
             shutil.copy2(path, checkpoints / path.name)
@@ -139,6 +193,7 @@ def fit(
         shards=shards, rank=world.rank,
         deterministic=train.deterministic if train.deterministic is not None
         else device.type == "cpu",
+        trainable=setup.trainable,
     )  # fmt: skip
     holder = {"state": state}
     run = RunInfo(
@@ -149,13 +204,16 @@ def fit(
         model_name=spec.name,
         model_config=setup.model_cfg,
         task=task,
-        read_state=lambda: holder["state"],
+        # Hooks see the model's plain params (a LoRA run's adapters merged); the
+        # checkpointer saves the state as it is.
+        read_state=lambda: _model_view(setup, holder["state"]),
     )
     example_flops = spec.flops(setup.model_cfg, task.example_shape(spec, setup.model_cfg))
     peak = peak_flops(device)
     checkpointer = Checkpointer(
         setup, train.checkpoint_every, train.keep_checkpoints, writes=world.main,
         whole=shards.full_state if shards is not None else None,
+        read=lambda: holder["state"],
     )  # fmt: skip
     user_hooks = [_load_hook(path) for path in train.hooks]
     # Every rank runs the checkpointer (gathering a sharded state takes all of them); only
@@ -289,11 +347,13 @@ class Checkpointer(Hook):
         *,
         writes: bool = True,
         whole: Callable[[TrainState], TrainState] | None = None,
+        read: Callable[[], TrainState] | None = None,
     ):
         """`writes`: False on ranks other than 0 (they only take part in `whole`). `whole`:
-        makes the state whole before saving (a collective for a sharded optimizer state)."""
+        makes the state whole before saving (a collective for a sharded optimizer state).
+        `read`: the training state as it is (default: `run.read_state`)."""
         self.setup, self.every, self.keep = setup, every, keep
-        self.writes, self.whole = writes, whole
+        self.writes, self.whole, self.read = writes, whole, read
         self.val_loss: dict[int, float] = {}
         self.last_saved: int | None = None
         self.last_path: Path | None = None
@@ -311,8 +371,9 @@ class Checkpointer(Hook):
             self.save(run, step)
 
     def save(self, run: RunInfo, step: int) -> Path | None:
-        assert run.read_state is not None
-        state: TrainState = run.read_state()
+        read = self.read or run.read_state
+        assert read is not None
+        state: TrainState = read()
         if self.whole is not None:
             state = self.whole(state)
         if not self.writes:
@@ -370,14 +431,31 @@ def mfu(example_flops: float, batch_size: int, ranks: int, seconds: float, peak:
     return example_flops * (batch_size / ranks) / seconds / peak
 
 
-def _run_line(setup: Setup, device: torch.device, world: distributed.World, params: int) -> str:
-    """The run's first line: device, ranks and backend, task, model and its size."""
+def _run_line(
+    setup: Setup, device: torch.device, world: distributed.World, state: TrainState
+) -> str:
+    """The run's first line: device, ranks and backend, task, model and its size (and what
+    trains, in a fine-tuning run)."""
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     ranks = f"{world.size} ranks ({distributed.backend()})" if world.size > 1 else "1 process"
+    params = tree.count(state.params)
+    size = f"{params:,} parameters"
+    if setup.trainable is not None:
+        trained = tree.count(masks.select(state.params, setup.trainable))
+        size += f", {trained:,} trainable ({100 * trained / params:.2f}%)"
+    if setup.lora is not None:
+        size += f", LoRA rank {setup.lora.rank}"
+    if setup.init_from is not None and not int(state.step):
+        size += f", from {setup.init_from}"
     return (
         f"craft: {device}{threads}, {ranks}; task {setup.task.name}; "
-        f"model {setup.spec.name}, {params:,} parameters"
+        f"model {setup.spec.name}, {size}"
     )
+
+
+def _model_view(setup: Setup, state: TrainState) -> TrainState:
+    """The state with the model's plain params, for hooks that run the model."""
+    return state if setup.lora is None else state._replace(params=setup.model_params(state.params))
 
 
 def _pick(configs: dict[str, BaseModel], kind: type[Any]) -> Any:

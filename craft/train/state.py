@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from craft import tree
 from craft.nn.random import key
 from craft.optim import Optimizer, OptState
+from craft.optim.masks import select
 from craft.tree import Params
 
 
@@ -23,14 +25,24 @@ class TrainState(NamedTuple):
 
 
 def init_state(
-    params: Params, optimizer: Optimizer, *, seed: int = 0, init_loss_scale: float = 2.0**16
+    params: Params,
+    optimizer: Optimizer,
+    *,
+    seed: int = 0,
+    init_loss_scale: float = 2.0**16,
+    trainable: Sequence[str] | None = None,
 ) -> TrainState:
     """A fresh state around `params` (made fp32; they require gradients only inside the
-    step, so code outside it records no autograd graph)."""
+    step, so code outside it records no autograd graph).
+
+    `trainable`: the dotted names of the params that train (None: all). The optimizer state
+    holds those only, under their own names (`opt_state.mu.blocks.5.mlp.fc.w`): frozen params
+    cost no optimizer memory. Give the step the same names.
+    """
     params = tree.tree_map(lambda p: p.detach().float(), params)
     return TrainState(
         params=params,
-        opt_state=optimizer.init(params),
+        opt_state=optimizer.init(select(params, trainable)),
         step=torch.zeros((), dtype=torch.int64),
         rng=key(seed),
         loss_scale={

@@ -15,7 +15,7 @@ step runs, so code outside it (evaluation, hooks, sampling) records no autograd 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -23,6 +23,7 @@ import torch
 from craft import distributed, tree
 from craft.nn.random import fold_in
 from craft.optim import Optimizer
+from craft.optim.masks import select
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState
 from craft.tree import Params
@@ -56,6 +57,7 @@ def make_train_step(
     shards: OptimizerShards | None = None,
     rank: int | None = None,
     deterministic: bool = True,
+    trainable: Sequence[str] | None = None,
 ) -> StepFn:
     """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"weight": n, ...})`.
 
@@ -89,6 +91,10 @@ def make_train_step(
       then differ in the last bit from the first step. In deterministic mode it calls ATen's
       ordered `index_put_` instead (no measurable cost on 2 CPU cores). Eager steps are
       deterministic either way.
+    - trainable: the dotted names of the params that train (None: all), as given to
+      `init_state`. The others are frozen: they never require gradients (autograd computes
+      none for them), are left out of the norm and clipping, and are not updated; the
+      optimizer sees only the trainable sub-tree, whose state `init_state` built.
 
     The state given to `step` is consumed: params and optimizer state are updated in place.
     """
@@ -109,6 +115,8 @@ def make_train_step(
     rank = distributed.rank() if rank is None else rank
     if shards is not None and shards.rank != rank:
         raise ValueError(f"shards were planned for rank {shards.rank}, but this is rank {rank}")
+    if shards is not None and trainable is not None:
+        raise ValueError("shards cover every param: frozen params (trainable) are not supported")
     if shards is not None and grad_sync is not None:
         raise ValueError("give grad_sync or shards, not both: shards does its own reduction")
     autocast_dtype = _AUTOCAST.get(precision)
@@ -182,18 +190,19 @@ def make_train_step(
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if not batch:
             raise ValueError("the batch is empty: give a dict of tensors split along dim 0")
-        params = tree.leaves(state.params)
-        for p in params:  # gradients are recorded only inside the step
+        trained = select(state.params, trainable)
+        params = tree.leaves(trained)
+        for p in params:  # gradients are recorded only inside the step, for trained params
             p.requires_grad_(True)
         try:
-            return run(state, batch, params)
+            return run(state, batch, trained, params)
         finally:
             for p in params:
                 p.grad = None
                 p.requires_grad_(False)
 
     def run(
-        state: TrainState, batch: Batch, params: list[torch.Tensor]
+        state: TrainState, batch: Batch, trained: Params, params: list[torch.Tensor]
     ) -> tuple[TrainState, Metrics]:
         if graphs:
             _mark_static(state)
@@ -230,13 +239,16 @@ def make_train_step(
             else:
                 if grad_sync is not None:
                     grad_sync([*grad_list, loss_sum, weight])
-                grads = tree.unflatten(tree.flatten(state.params)[1], grad_list)
+                grads = tree.unflatten(tree.flatten(trained)[1], grad_list)
+                # The optimizer sees the trained params only (the same tensors, so the
+                # update lands in state.params).
+                view = state if trainable is None else state._replace(params=trained)
                 if precision == "fp16":
                     norm, lr, skipped = _fp16_update(
-                        state, grads, weight, unscale_c, apply_update_c, growth_interval
+                        view, grads, weight, unscale_c, apply_update_c, growth_interval
                     )
                 else:
-                    norm, lr = update_c(state, grads, weight)
+                    norm, lr = update_c(view, grads, weight)
                     skipped = torch.zeros((), dtype=torch.int64)
             state.step.add_(1)
         metrics = {
