@@ -144,3 +144,60 @@ def test_schedule_length_follows_the_run_unless_set() -> None:
     assert float(decayed(99)) < 1e-3  # ends at final_lr on the run's last step
     with pytest.raises(ValueError, match="call for_run"):
         Schedule(kind="wsd")(3)
+
+
+NAME_PART = st.sampled_from(["tok", "wte", "h", "0", "1", "attn", "c_fc", "w", "weight", "b"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    leaves=st.dictionaries(
+        st.lists(NAME_PART, min_size=1, max_size=4).map(".".join),
+        st.integers(0, 3),  # ndim
+        min_size=1,
+        max_size=8,
+    ),
+    decay_vectors=st.booleans(),
+    decay_embeddings=st.booleans(),
+)
+def test_weight_decay_follows_the_role_not_the_name(
+    leaves: dict[str, int], decay_vectors: bool, decay_embeddings: bool
+) -> None:
+    """Any tree: matrices decay, vectors if asked, embedding tables (named by patterns) if
+    asked; a leaf's own name changes nothing else."""
+    from craft import tree as trees
+
+    # Names that are prefixes of others cannot be leaves of one tree.
+    names = [n for n in leaves if not any(o.startswith(n + ".") for o in leaves)]
+    flat = {n: torch.zeros((2,) * leaves[n]) for n in names}
+    params = trees.from_dotted(flat)
+    opt = AdamW(
+        decay_vectors=decay_vectors, decay_embeddings=decay_embeddings, embeddings=["*wte.*"]
+    )
+    expected = [
+        decay_embeddings
+        if name.startswith("wte.") or ".wte." in name
+        else (flat[name].ndim >= 2 or decay_vectors)
+        for name in trees.to_dotted(params)
+    ]
+    assert decay_mask(params, opt) == expected
+
+
+def test_embeddings_of_any_tree_are_named_by_patterns() -> None:
+    """A module's names (`transformer.wte.weight`) are not Craft's (`tok.embedding`)."""
+    params = {"transformer": {"wte": {"weight": torch.zeros(5, 3)}, "h": {"w": torch.zeros(3, 3)}}}
+    assert decay_mask(params, AdamW()) == [True, True]  # by default, a matrix
+    assert decay_mask(params, AdamW(embeddings=["*.wte.weight"])) == [False, True]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(alphabet="ab.1]!", max_size=8),
+    pattern=st.text(alphabet="ab.1*?[]!", max_size=7),
+)
+def test_name_patterns_match_as_fnmatch(name: str, pattern: str) -> None:
+    import fnmatch
+
+    from craft.optim.masks import matches
+
+    assert matches(name, pattern) == fnmatch.fnmatchcase(name, pattern)
