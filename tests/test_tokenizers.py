@@ -98,11 +98,21 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="tokenizer file not found"):
         load_tokenizer(tmp_path / "missing.json")
     (tmp_path / "t.txt").write_text("x")
-    with pytest.raises(DataError, match=r"expected a \.json \(char\) or \.model file"):
+    with pytest.raises(
+        DataError,
+        match=r"t.txt: expected a \.json \(a char tokenizer or a Hugging Face tokenizer.json\) "
+        r"or a \.model \(SentencePiece\) file",
+    ):
         load_tokenizer(tmp_path / "t.txt")
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(DataError, match="cannot load a char tokenizer"):
+    with pytest.raises(DataError, match=r"cannot read .*broken.json as JSON"):
         load_tokenizer(tmp_path / "broken.json")
+    (tmp_path / "chars.json").write_text('{"kind": "char", "chars": ["a", "a"]}')
+    with pytest.raises(DataError, match=r"cannot load a char tokenizer from .*chars.json"):
+        load_tokenizer(tmp_path / "chars.json")
+    (tmp_path / "list.json").write_text("[1]")  # a direct load of a non-object is no traceback
+    with pytest.raises(DataError, match=r"cannot load a char tokenizer from .*list.json"):
+        CharTokenizer.load(tmp_path / "list.json")
     (tmp_path / "broken.model").write_bytes(b"\x00garbage")
     with pytest.raises(DataError, match="cannot load a SentencePiece model"):
         load_tokenizer(tmp_path / "broken.model")

@@ -39,7 +39,8 @@ class DataConfig(BaseModel):
     """Downloads, raw text and prepared datasets live under this folder."""
     tokenizer: Literal["char", "subword"] = "char"
     tokenizer_file: str | None = None
-    """An existing tokenizer (.json char, .model SentencePiece) to use instead of training one."""
+    """An existing tokenizer to use instead of training one: a .json char tokenizer (with
+    tokenizer='char'), a .model SentencePiece or a Hugging Face tokenizer.json (subword)."""
     split_ratios: SplitRatios = (0.9, 0.05, 0.05)
     """Train, val, test: contiguous slices of the text, in file order."""
     window: int | None = Field(None, gt=0)

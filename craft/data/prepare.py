@@ -381,10 +381,13 @@ def _make_tokenizer(
 ) -> Tokenizer:
     if data.tokenizer_file:
         tok = load_tokenizer(Path(data.tokenizer_file))
-        expected = "char" if data.tokenizer == "char" else "sentencepiece"
-        if tok.kind != expected:
+        # Subword: a SentencePiece model or a Hugging Face tokenizer.json, used as they are.
+        expected = ("char",) if data.tokenizer == "char" else ("sentencepiece", "hf")
+        if tok.kind not in expected:
+            other = "subword" if data.tokenizer == "char" else "char"
             raise DataError(
-                f"{data.tokenizer_file} is a {tok.kind} tokenizer, but tokenizer={data.tokenizer}"
+                f"{data.tokenizer_file} is a {tok.kind} tokenizer, but tokenizer={data.tokenizer}; "
+                f"pass --type={other} (DataConfig.tokenizer) to use it"
             )
         if isinstance(tok, CharTokenizer):
             # Every character of the text, once: the error names all that the vocabulary lacks.

@@ -1,8 +1,10 @@
-"""Tokenizers: characters and SentencePiece, behind one small interface.
+"""Tokenizers: characters, SentencePiece and Hugging Face's, behind one small interface.
 
-Both encode any text they were trained for and decode it back exactly: the char tokenizer by
-construction, SentencePiece because Craft trains it with identity normalization, no whitespace
-folding and byte fallback (its defaults collapse whitespace, so text would not round-trip).
+The char and SentencePiece tokenizers encode any text they were trained for and decode it back
+exactly: the char tokenizer by construction, SentencePiece because Craft trains it with identity
+normalization, no whitespace folding and byte fallback (its defaults collapse whitespace, so text
+would not round-trip). A Hugging Face tokenizer (a `tokenizers` tokenizer.json, or GPT-2's
+vocab.json + merges.txt) is used as it is: its ids and text are exactly transformers'.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import sentencepiece as spm
@@ -20,6 +22,7 @@ import sentencepiece as spm
 from craft.errors import DataError
 
 Ids = np.ndarray  # one-dimensional, integer
+T = TypeVar("T")
 # SentencePiece's max_sentence_length, left at its default (setting it changes the saved model's
 # bytes): it skips longer sentences, so Craft cuts them first.
 MAX_SENTENCE_BYTES = 4192
@@ -104,10 +107,10 @@ class CharTokenizer:
     def load(cls, path: Path) -> CharTokenizer:
         try:
             payload = json.loads(Path(path).read_text(encoding="utf-8"))
-            if payload.get("kind") != cls.kind:
+            if not isinstance(payload, dict) or payload.get("kind") != cls.kind:
                 raise ValueError("not a char tokenizer")
             return cls(payload["chars"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (DataError, OSError, ValueError, KeyError, TypeError, RecursionError) as error:
             raise DataError(f"cannot load a char tokenizer from {path}: {error}") from None
 
 
@@ -261,18 +264,175 @@ def _explain_training_error(message: str, vocab_size: int) -> str:
     return f"SentencePiece could not train with vocab_size={vocab_size}: {message.strip()}"
 
 
-TOKENIZERS: dict[str, type[CharTokenizer] | type[SentencePieceTokenizer]] = {
+HF_EXTRA = "install the hf extra: pip install -e '.[hf]'"
+END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: end of a document, and unknown
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers` tokenizer, encoding and decoding exactly as transformers'
+    `PreTrainedTokenizerFast(tokenizer_file=...)` does with `add_special_tokens=False`.
+
+    Encoding adds no special tokens: a post-processor's BOS/EOS would land at every piece that
+    `prepare` encodes, not once per document; special tokens written in the text (such as
+    `<|endoftext|>`) still encode to their ids. Decoding keeps special tokens and does not clean
+    up spaces (transformers' default, and it skips that cleanup for BPE tokenizers anyway).
+    """
+
+    kind = "hf"
+    suffix = ".json"
+
+    def __init__(self, tokenizer: Any):
+        # transformers turns truncation and padding off unless a call asks for them; a
+        # tokenizer.json may carry either, and each would change the ids.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        ids = tokenizer.get_vocab(with_added_tokens=True).values()
+        if not ids:
+            raise DataError("its vocabulary is empty")
+        # The id space, added tokens included: the size of the vocabulary when its ids have no
+        # gaps, and never less than one past the largest id, which the model must embed.
+        self._vocab_size = int(max(ids)) + 1
+        self.eos_id: int | None = tokenizer.token_to_id(END_OF_TEXT)
+        """The id of `<|endoftext|>`, or None if the vocabulary lacks it."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def encode(self, text: str) -> Ids:
+        encoding = _guarded(
+            lambda: self._tokenizer.encode(text, add_special_tokens=False),
+            "the Hugging Face tokenizer could not encode the text",
+        )
+        return np.array(encoding.ids, dtype=np.int64)
+
+    def decode(self, ids: Sequence[int] | Ids) -> str:
+        array = np.asarray(ids, dtype=np.int64)
+        if array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+            raise DataError(f"token ids must lie in [0, {self.vocab_size}) for this vocabulary")
+        tokens = array.tolist()
+        return str(
+            _guarded(
+                lambda: self._tokenizer.decode(tokens, skip_special_tokens=False),
+                "the Hugging Face tokenizer could not decode the ids",
+            )
+        )
+
+    def save(self, path: Path) -> Path:
+        """Write a tokenizer.json that `tokenizers` and transformers load as it is."""
+        Path(path).write_text(self._tokenizer.to_str(pretty=True), encoding="utf-8")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> HFTokenizer:
+        """A tokenizer.json, as written by `tokenizers` or transformers' `save_pretrained`."""
+        lib = _tokenizers_lib()
+        path = Path(path)
+        text, payload = _read_json(path)
+        what = f"cannot load a Hugging Face tokenizer from {path}"
+        if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+            raise DataError(f'{what}: it is not a tokenizer.json (no "model" object)')
+        return _guarded(lambda: cls(lib.Tokenizer.from_str(text)), what)
+
+    @classmethod
+    def from_vocab_merges(cls, vocab_path: Path, merges_path: Path) -> HFTokenizer:
+        """GPT-2's byte-level BPE from its legacy vocab.json and merges.txt, built as
+        transformers' GPT2Tokenizer builds it: GPT-2's pre-tokenizer and decoder, and
+        `<|endoftext|>` a special token (appended to the vocabulary if it lacks it)."""
+        lib = _tokenizers_lib()
+        for path in (vocab_path, merges_path):
+            if not Path(path).is_file():
+                raise DataError(f"GPT-2 tokenizer file not found: {path}")
+
+        def build() -> HFTokenizer:
+            vocab, merges = lib.models.BPE.read_file(str(vocab_path), str(merges_path))
+            model = lib.models.BPE(
+                vocab,
+                merges,
+                dropout=None,
+                continuing_subword_prefix="",
+                end_of_word_suffix="",
+                fuse_unk=False,
+            )
+            tokenizer = lib.Tokenizer(model)
+            tokenizer.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tokenizer.decoder = lib.decoders.ByteLevel()
+            tokenizer.add_special_tokens(
+                [lib.AddedToken(END_OF_TEXT, special=True, normalized=False)]
+            )
+            return cls(tokenizer)
+
+        return _guarded(
+            build,
+            f"cannot build a GPT-2 tokenizer from {vocab_path} and {merges_path} (expected a JSON "
+            "object {token: id} and a merges.txt of 'left right' lines)",
+        )
+
+
+def _tokenizers_lib() -> Any:
+    """The `tokenizers` package, imported only when a Hugging Face tokenizer is used."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise DataError(
+            f"Hugging Face tokenizers need the `tokenizers` package; {HF_EXTRA}"
+        ) from None
+    return tokenizers
+
+
+def _guarded(call: Callable[[], T], what: str) -> T:
+    """`call()`, any error in it a DataError saying `what: why`. The Rust code of `tokenizers`
+    reports bad input as a bare Exception, or on some malformed files as a panic, which is a
+    BaseException."""
+    try:
+        return call()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # a Rust panic is not an Exception
+        raise DataError(f"{what}: {str(error).strip() or type(error).__name__}") from None
+
+
+def _read_json(path: Path) -> tuple[str, Any]:
+    """The text of a JSON file and its parsed content, or a DataError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text, json.loads(text)
+    except (OSError, ValueError, RecursionError) as error:
+        raise DataError(f"cannot read {path} as JSON: {error}") from None
+
+
+def _json_tokenizer(path: Path) -> type[CharTokenizer] | type[HFTokenizer]:
+    """Which kind a .json tokenizer file holds, from its content."""
+    _, payload = _read_json(path)
+    if isinstance(payload, dict) and payload.get("kind") == CharTokenizer.kind:
+        return CharTokenizer
+    if isinstance(payload, dict) and "model" in payload:
+        return HFTokenizer
+    raise DataError(
+        f"{path} is not a tokenizer Craft knows: expected a Craft char tokenizer "
+        '({"kind": "char", ...}) or a Hugging Face tokenizer.json (with a "model")'
+    )
+
+
+TOKENIZERS: dict[str, type[CharTokenizer] | type[SentencePieceTokenizer] | type[HFTokenizer]] = {
     CharTokenizer.kind: CharTokenizer,
     SentencePieceTokenizer.kind: SentencePieceTokenizer,
+    HFTokenizer.kind: HFTokenizer,
 }
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    """Load a saved tokenizer; its suffix says which kind (.json char, .model SentencePiece)."""
+    """Load a saved tokenizer: a .model file is SentencePiece; a .json file a char tokenizer or
+    a Hugging Face tokenizer.json, told apart by its content."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer file not found: {path}")
-    for tokenizer_cls in TOKENIZERS.values():
-        if path.suffix == tokenizer_cls.suffix:
-            return tokenizer_cls.load(path)
-    raise DataError(f"unknown tokenizer file {path}: expected a .json (char) or .model file")
+    if path.suffix == SentencePieceTokenizer.suffix:
+        return SentencePieceTokenizer.load(path)
+    if path.suffix == ".json":
+        return _json_tokenizer(path).load(path)
+    raise DataError(
+        f"unknown tokenizer file {path}: expected a .json (a char tokenizer or a Hugging Face "
+        "tokenizer.json) or a .model (SentencePiece) file"
+    )
