@@ -262,15 +262,6 @@ def test_prepare_stores_ids_past_65536_as_uint32(tmp_path: Path) -> None:
     assert train.tolist() == expected.tolist()
 
 
-STREAMING_FIX = (
-    "prepare cuts a unit after a line break, but GPT-2's pre-tokenizer joins a line break to the "
-    "indentation or blank lines after it ('\\n   ', '\\n\\n' at a split's end); cutting only "
-    "before a space or line break that follows a non-space character keeps the law (the "
-    "encoding_units change proposed on issue 11: remove these marks with it)"
-)
-
-
-@pytest.mark.xfail(reason=STREAMING_FIX, strict=False)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10**6), lines=st.integers(5, 40), chunk_bytes=st.integers(1, 200))
 def test_prepare_in_chunks_equals_encoding_each_split_whole(
@@ -287,7 +278,6 @@ def test_prepare_in_chunks_equals_encoding_each_split_whole(
             assert np.asarray(prepared.split(name)).tolist() == craft_tok.encode(part).tolist()
 
 
-@pytest.mark.xfail(reason=STREAMING_FIX, strict=True)
 @pytest.mark.parametrize(
     "chunks",
     [

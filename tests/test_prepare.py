@@ -369,11 +369,11 @@ def test_unreadable_meta_is_a_clear_error(tmp_path: Path, text_file: Path) -> No
     cuts=st.lists(st.integers(0, 80), max_size=6),
     ratios=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(1, 5)),
 )
-def test_encoding_units_regroup_the_splits_at_line_ends(
+def test_encoding_units_regroup_the_splits_where_no_token_spans_the_cut(
     text: str, cuts: list[int], ratios: tuple[int, ...]
 ) -> None:
-    """Any chunking gives units that join to each split, each ending a line or a split, or cut
-    before a space (or anywhere in a stretch without one)."""
+    """Any chunking gives units that join to each split, each ending the split or just before
+    a space or line break that follows a non-space character."""
     fractions = tuple(r / sum(ratios) for r in ratios)
     edges = sorted({0, len(text), *(c for c in cuts if c < len(text))})
     chunks = [text[a:b] for a, b in itertools.pairwise(edges)]
@@ -383,9 +383,9 @@ def test_encoding_units_regroup_the_splits_at_line_ends(
         assert "".join(u for i, u in units if i == index) == part
     for (index, unit), (next_index, next_unit) in itertools.pairwise(units):
         assert unit
-        ends_a_line, before_a_space = unit.endswith("\n"), next_unit[0] == " "
-        unbreakable = "\n" not in unit and " " not in unit[1:]  # a line without spaces, cut
-        assert ends_a_line or before_a_space or unbreakable or index != next_index
+        # No token spans the cut: a non-space character, then a space or a line break.
+        safe_cut = not unit[-1].isspace() and next_unit[0] in " \n"
+        assert safe_cut or index != next_index
     assert [i for i, _ in units] == sorted(i for i, _ in units)
 
 

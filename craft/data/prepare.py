@@ -54,6 +54,9 @@ SENTENCEPIECE_SAMPLE_CHARS = 10_000_000
 """SentencePiece trains on every line of a train split up to this size, and on an evenly spaced
 subset of lines (about this many characters) of a larger one: its memory grows with its input."""
 _UNICODE_SIZE = 0x110000
+MAX_UNIT_CHARS = 1 << 22
+"""`prepare` encodes its text in units that end where no token can span the cut; a stretch this
+long without such a place is cut anyway, so memory stays bounded."""
 
 
 @dataclass(frozen=True)
@@ -215,11 +218,14 @@ def split_pieces(chunks: Iterable[str], bounds: tuple[int, int]) -> Iterator[tup
 
 
 def encoding_units(pieces: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    """The pieces regrouped so that each ends a line (or a split), for encoding one by one.
+    """The pieces regrouped for encoding one by one: each unit ends a split, or ends just before
+    a line break (else a space) that follows a non-space character.
 
-    A tokenizer that encodes lines independently (SentencePiece here) gives, unit by unit,
-    exactly the ids of the whole split. A line longer than a chunk is cut before a space (a
-    SentencePiece piece never spans one), or anywhere if it has none.
+    Both subword tokenizers then give, unit by unit, exactly the ids of the whole split:
+    SentencePiece encodes line by line and its pieces never span a space; GPT-2's byte-level
+    pre-tokenizer never joins a non-space character to the whitespace after it (but it joins a
+    line break to the indentation or blank lines after it: cutting after one is not safe). Only
+    a stretch of MAX_UNIT_CHARS without such a point is cut anywhere.
     """
     index, carry = 0, ""
     for piece_index, text in pieces:
@@ -228,15 +234,26 @@ def encoding_units(pieces: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str
                 yield index, carry
             index, carry = piece_index, ""
         text = carry + text
-        cut = text.rfind("\n") + 1
-        if not cut:
-            space = text.rfind(" ")
-            cut = space if space > 0 else len(text)
+        cut = _unit_end(text)
+        if cut is None and len(text) >= MAX_UNIT_CHARS:
+            cut = len(text)
         if cut:
             yield index, text[:cut]
-        carry = text[cut:]
+        carry = text[cut:] if cut else text
     if carry:
         yield index, carry
+
+
+def _unit_end(text: str) -> int | None:
+    """Where the last line break, else the last space, after a non-space character is, if
+    anywhere. Line breaks first: SentencePiece's training lines stay whole."""
+    for mark in ("\n", " "):
+        end = len(text)
+        while (at := text.rfind(mark, 1, end)) > 0:
+            if not text[at - 1].isspace():
+                return at
+            end = at
+    return None
 
 
 class _SplitWriter:
