@@ -119,6 +119,25 @@ class Commands:
             )  # fmt: skip
             print()
 
+    def import_hf(self, source: str, output: str) -> None:
+        """Import a local Hugging Face GPT-2 folder (config.json, model.safetensors, and
+        tokenizer.json or vocab.json + merges.txt) as a Craft checkpoint in --output, ready for
+        generate, evaluate and fine-tuning (RunConfig.init_from). Pickles are refused."""
+        from craft.interop.hf_checkpoint import import_folder  # needs the hf extra
+
+        source = _path_flag("source", source, "a Hugging Face model folder")
+        output = _path_flag("output", output, "a folder for the Craft checkpoint")
+        print(import_folder(Path(source), Path(output)))
+
+    def export_hf(self, checkpoint: str, output: str) -> None:
+        """Write a GPT checkpoint as a Hugging Face GPT-2 folder (config.json, model.safetensors,
+        tokenizer.json) that transformers loads with from_pretrained(DIR)."""
+        from craft.interop.hf_checkpoint import export_checkpoint  # needs the hf extra
+
+        path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
+        output = _path_flag("output", output, "a folder for the Hugging Face files")
+        print(export_checkpoint(path, Path(output)))
+
     def plot(self, run: str) -> None:
         """Write loss.png (train and val loss, lr) for a run folder from its metrics.jsonl."""
         print(plot_run(Path(run)))
