@@ -53,9 +53,16 @@ class Capture(Hook):
 
 
 def run_tiny(
-    run_dir: Path, text_file: Path, steps: int, extra: str = "", **kwargs: Any
+    run_dir: Path,
+    text_file: Path,
+    steps: int,
+    extra: str = "",
+    *,
+    samples: bool = False,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """A tiny character-level run in this process (as tests/test_train.py runs them)."""
+    """A tiny character-level run in this process (as tests/test_train.py runs them);
+    `samples`: with the task's text samples every 4 steps, as the CLI runs it."""
     config.parse([], [TINY.format(source=text_file, steps=steps) + extra])
     configs = {
         name: config.build(model)
@@ -63,8 +70,10 @@ def run_tiny(
         if model.__module__.startswith("craft.")
     }
     LanguageModeling.prepare(configs)
-    setup = make_setup(configs, LanguageModeling.open(configs), seed=0)
-    return fit(setup, run_dir, **kwargs)
+    task = LanguageModeling.open(configs)
+    setup = make_setup(configs, task, seed=0)
+    hooks = [*kwargs.pop("hooks", []), *(task.previews(None, 4) if samples else [])]
+    return fit(setup, run_dir, hooks=hooks, **kwargs)
 
 
 @pytest.fixture

@@ -131,7 +131,9 @@ def test_a_lora_run_resumes_bit_exactly_and_its_checkpoint_starts_another(
 ) -> None:
     source = Path(run_tiny(tmp_path / "base", text_file, steps=2)["checkpoint"])
     tuning = f"RunConfig.init_from = '{source}'\n" + LORA_GIN
-    straight = run_tiny(tmp_path / "straight", text_file, steps=8, extra=tuning)
+    straight = run_tiny(tmp_path / "straight", text_file, steps=8, extra=tuning, samples=True)
+    # Hooks run the model on the merged params: samples are written as in any run.
+    assert (tmp_path / "straight/samples.txt").read_text().count("=== step") == 2
     run_tiny(tmp_path / "resumed", text_file, steps=4, extra=tuning)
     resumed = run_tiny(tmp_path / "resumed", text_file, 8, tuning, resume=tmp_path / "resumed")
     a, b = load_file(straight["checkpoint"]), load_file(resumed["checkpoint"])

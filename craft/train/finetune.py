@@ -37,7 +37,7 @@ def load_initial_params(path: str | Path, spec: ModelSpec, model_cfg: Any) -> Pa
             f"RunConfig.init_from = {str(path)!r} holds a {held_spec.name!r} model, but this "
             f"run trains {spec.name!r} (TrainConfig.model)"
         )
-    adapted = lora.config_of(record)
+    adapted = lora.config_of(record, path)
     # Counted first (arithmetic): a record claiming a huge model fails before it is shaped.
     checkpoint_meta.check_model(path, held_spec, held_cfg, "params.base" if adapted else "params")
     check_fits(path, spec, held_cfg, model_cfg)

@@ -157,15 +157,15 @@ def trainable(params: Params, base_names: Sequence[str] | None) -> tuple[str, ..
     return tuple(names)
 
 
-def config_of(record: CheckpointMeta) -> LoRAConfig | None:
-    """The LoRA config a checkpoint was trained with, or None (not a LoRA run)."""
+def config_of(record: CheckpointMeta, path: Path | str = "the checkpoint") -> LoRAConfig | None:
+    """The LoRA config a checkpoint (`path`) was trained with, or None (not a LoRA run)."""
     raw = record.configs.get(LoRAConfig.__name__)
     if raw is None:
         return None
     try:
         cfg = LoRAConfig.model_validate(raw)
     except ValidationError as error:
-        raise CheckpointError(f"its LoRAConfig is malformed: {error}") from None
+        raise CheckpointError(f"{path}: its LoRAConfig is malformed: {error}") from None
     return cfg if cfg.rank > 0 else None
 
 
