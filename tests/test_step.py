@@ -266,3 +266,27 @@ def test_empty_batch_is_refused() -> None:
     step = make_train_step(LOSS, SGD_, CONSTANT, compile=False)
     with pytest.raises(ValueError, match="the batch is empty"):
         step(state, {})
+
+
+def test_frozen_params_leave_the_update_of_the_others_unchanged() -> None:
+    """Without clipping, a param's first AdamW update depends on its own gradient only, which
+    freezing others does not change: the trained leaves match a full step's, bit for bit."""
+    from craft.optim.masks import trainable_names
+
+    names = trainable_names(gpt.init(CFG, seed=0), ["blocks.1.*", "tok.*"])
+    assert names is not None
+    full, _ = run(1, [batch(4)], compile=False)
+    optimizer = AdamW()
+    state = init_state(gpt.init(CFG, seed=0), optimizer, trainable=names)
+    step = make_train_step(LOSS, optimizer, CONSTANT, compile=False, trainable=names)
+    state, _ = step(state, batch(4))
+    initial = tree.to_dotted(gpt.init(CFG, seed=0))
+    for name, value in tree.to_dotted(state.params).items():
+        expected = tree.to_dotted(full.params)[name] if name in names else initial[name]
+        assert torch.equal(value, expected), name
+
+
+def test_sharded_optimizer_state_refuses_frozen_params() -> None:
+    shards = OptimizerShards(gpt.init(CFG, seed=0), 0, 1)
+    with pytest.raises(ValueError, match="frozen params"):
+        make_train_step(LOSS, AdamW(), CONSTANT, shards=shards, rank=0, trainable=["ln_f.scale"])
