@@ -115,8 +115,11 @@ def test_init_from_a_run_folder_takes_its_newest_checkpoint(tmp_path: Path) -> N
 
 def test_init_from_ignores_fields_that_shape_no_param(tmp_path: Path) -> None:
     path = save_model(tmp_path, CFG, gpt.init(CFG, seed=0))
-    other = CFG.model_copy(update={"dropout": 0.2, "remat": True})
-    loaded = load_initial_params(path, gpt.SPEC, other)
+    other = CFG.model_copy(update={"dropout": 0.2, "n_head": 4})
+    with pytest.warns(
+        UserWarning, match=r"the run uses its own: n_head: 2 -> 4; dropout: 0\.0 -> 0\.2"
+    ):
+        loaded = load_initial_params(path, gpt.SPEC, other)
     assert tree.count(loaded) == gpt.param_count(CFG)
 
 

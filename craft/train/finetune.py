@@ -10,6 +10,7 @@ the configured one, so a mismatch fails before anything large is read.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,20 @@ def check_fits(path: Path, spec: ModelSpec, held_cfg: Any, model_cfg: Any) -> No
     with torch.device("meta"):  # shapes only: nothing is allocated
         held = {name: tuple(t.shape) for name, t in _shapes(spec, held_cfg).items()}
         wanted = {name: tuple(t.shape) for name, t in _shapes(spec, model_cfg).items()}
-    if held == wanted:
-        return
     before, after = held_cfg.model_dump(), model_cfg.model_dump()
+    if held == wanted:
+        differ = [f"{name}: {before.get(name)!r} -> {after[name]!r}" for name in after
+                  if before.get(name) != after[name]]  # fmt: skip
+        if differ:
+            # Allowed (dropout is the usual one), but some change what the model computes
+            # (heads, activation): say so rather than start from another function silently.
+            warnings.warn(
+                f"RunConfig.init_from = {str(path)!r}: {spec.config.__name__} fields that shape "
+                f"no param differ from the checkpoint's; the run uses its own: "
+                + "; ".join(differ),
+                stacklevel=3,
+            )
+        return
     fields = [
         f"{name}: checkpoint {before[name]!r}, this run {after[name]!r}"
         + ("" if _shapes_params(spec, held_cfg, name, after[name], held) else " (shapes no param)")
