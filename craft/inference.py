@@ -16,6 +16,7 @@ from craft.data.tokenizers import Tokenizer, load_tokenizer
 from craft.errors import ConfigError, DataError
 from craft.models import ModelSpec
 from craft.tasks import TASKS, Task
+from craft.train import lora
 from craft.train import meta as checkpoint_meta
 from craft.tree import Params
 
@@ -130,8 +131,12 @@ def load_for_inference(path: Path) -> Loaded:
     path = Path(path)
     meta = checkpoint_meta.read(path)
     spec, model_cfg = checkpoint_meta.model_of(path, meta)
-    checkpoint_meta.check_model(path, spec, model_cfg)
-    with torch.device("meta"):
-        shapes = spec.init(model_cfg, seed=0)
-    params, _ = checkpoint.load(path, like=shapes, prefix="params")
+    adapters = lora.config_of(meta, path)
+    checkpoint_meta.check_model(path, spec, model_cfg, "params.base" if adapters else "params")
+    if adapters is not None:  # a LoRA run's checkpoint: its base with the adapters merged
+        params = lora.load_merged(path, spec, model_cfg, adapters)
+    else:
+        with torch.device("meta"):
+            shapes = spec.init(model_cfg, seed=0)
+        params, _ = checkpoint.load(path, like=shapes, prefix="params")
     return Loaded(path=path, spec=spec, model_cfg=model_cfg, params=params, meta=meta.as_dict())

@@ -27,7 +27,8 @@ from craft.train.meta import CheckpointMeta
 from craft.train.meta import read as read_meta
 
 FREE_TO_CHANGE: Mapping[str, frozenset[str] | None] = {
-    "RunConfig": frozenset({"name", "output_dir"}),
+    # init_from is read only by a fresh run; a resumed one continues from its own checkpoint.
+    "RunConfig": frozenset({"name", "output_dir", "init_from"}),
     "TrainConfig": frozenset(
         {
             "steps",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from craft import tree
 from tests.conftest import CliRunner
 from tests.test_train import TEXT, run_in_process
 
@@ -144,3 +145,53 @@ def test_import_errors_are_clear(run_cli: CliRunner, tmp_path: Path, hf_folder: 
     assert missing.returncode == 1 and "has no config.json" in missing.stderr
     flagless = run_cli("import_hf", "--source", "--output=out")
     assert flagless.returncode == 2 and "--source needs a value" in flagless.stderr
+
+
+def test_the_finetune_path_import_lora_generate_export(
+    run_cli: CliRunner, tmp_path: Path, hf_folder: Path
+) -> None:
+    """gin/finetune_got.gin's path on a tiny GPT-2: import, LoRA fine-tune (the base frozen),
+    generate, and export with the adapters merged into the weights transformers loads."""
+    assert run_cli("import_hf", f"--source={hf_folder}", "--output=models/tiny").returncode == 0
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    tiny = [
+        "--gin.RunConfig.init_from='models/tiny'", f"--gin.DataConfig.source='{text}'",
+        "--gin.DataConfig.tokenizer_file='models/tiny/tokenizer.json'",
+        "--gin.DataConfig.window=32",
+        "--gin.GPTConfig.n_layer=2", "--gin.GPTConfig.n_head=4", "--gin.GPTConfig.n_embd=32",
+        "--gin.GPTConfig.block_size=64", "--gin.GPTConfig.dropout=0.0", "--gin.STEPS=6",
+        "--gin.TrainConfig.batch_size=4", "--gin.TrainConfig.eval_every=3",
+        "--gin.TrainConfig.checkpoint_every=3", "--gin.TrainConfig.sample_every=0",
+        "--gin.TrainConfig.compile=False", "--gin.Schedule.warmup_steps=2",
+        "--gin.MetricsConfig.wandb='disabled'", "--gin.MetricsConfig.progress_bar=False",
+    ]  # fmt: skip
+    trained = run_cli("--gin_file=gin/finetune_got.gin", *tiny)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "status: finished after 6 steps" in trained.stdout
+    [run_dir] = list((tmp_path / "outputs/experiments/finetune_got").glob("*/*"))
+    assert "RunConfig.init_from = 'models/tiny'" in (run_dir / "config.gin").read_text()
+
+    generated = run_cli("generate", f"--checkpoint={run_dir}", f"--prompt={PROMPT}",
+                        "--max_new_tokens=5")  # fmt: skip
+    assert generated.returncode == 0 and generated.stdout.startswith(PROMPT), generated.stderr
+    exported = run_cli("export_hf", f"--checkpoint={run_dir}", "--output=exported")
+    assert exported.returncode == 0, exported.stderr
+
+    from craft.inference import load_for_inference
+    from craft.models import gpt
+
+    merged = load_for_inference(run_dir / "checkpoints/step-00000006.safetensors")
+    base = load_for_inference(tmp_path / "models/tiny/step-00000000.safetensors")
+    before = tree.to_dotted(base.params)
+    changed = [k for k, v in tree.to_dotted(merged.params).items() if not torch.equal(v, before[k])]
+    assert changed and all(k.endswith(".w") for k in changed)  # only adapted weights moved
+    model = transformers.GPT2LMHeadModel.from_pretrained(
+        tmp_path / "exported", local_files_only=True
+    ).eval()
+    tokens = torch.tensor([merged.tokenizer().encode(TEXT[:100])[:20].tolist()])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(tokens).logits, gpt.apply(merged.params, tokens, merged.model_cfg),
+            atol=1e-5, rtol=0,
+        )  # fmt: skip
