@@ -6,13 +6,13 @@ import io
 import os
 import re
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
 
 from craft.data.sources import got
 from craft.errors import DataError
+from tests.together import run_together
 
 
 def test_punctuation_and_contractions_attach_to_the_word_before() -> None:
@@ -156,20 +156,7 @@ def test_concurrent_fetches_take_turns_and_rebuild_once(
         return rebuild_all(files, raw_dir)
 
     monkeypatch.setattr(got, "rebuild_all", counted)
-    start, seasons = threading.Barrier(3), []
-
-    def run() -> None:
-        start.wait()
-        try:
-            seasons.append(got.fetch_got(tmp_path).season.read_bytes())
-        except Exception as error:  # compared below
-            seasons.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    seasons = run_together(lambda: got.fetch_got(tmp_path).season.read_bytes())
     expected = (got_data_dir / "raw/got/season1.txt").read_bytes()
     assert seasons == [expected] * 3 and rebuilds == [1]
     assert not list((tmp_path / "raw/got").rglob("*.tmp"))

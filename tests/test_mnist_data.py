@@ -9,7 +9,6 @@ import itertools
 import json
 import math
 import struct
-import threading
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from craft.data.images import eval_batches, open_images, train_batch
 from craft.data.sources import mnist
 from craft.data.zarr_zip import blosc_decompress, read_zarr_array
 from craft.errors import DataError
+from tests.together import run_together
 
 # --- builders: blosc frames, Zarr v3 zips, IDX files, a fake wheel -------------------------------
 
@@ -417,20 +417,7 @@ def test_concurrent_runs_take_turns_and_prepare_once(
         return read_idx_files(paths)
 
     monkeypatch.setattr(mnist, "read_idx_files", counted)
-    start, results = threading.Barrier(3), []
-
-    def run() -> None:
-        start.wait()
-        try:
-            results.append(mnist.prepare_mnist(tmp_path).path)
-        except Exception as error:  # compared below
-            results.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = run_together(lambda: mnist.prepare_mnist(tmp_path).path)
     assert results == [tmp_path / "prepared" / "mnist"] * 3 and reads == [1]
     assert np.load(results[0] / "train_labels.npy").shape == (20,)
     assert not list(results[0].glob("*.tmp"))

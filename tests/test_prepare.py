@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from craft.data.tokenizers import CharTokenizer, load_tokenizer
 from craft.errors import DataError
 from craft.tasks.lm import LanguageModeling
 from tests.conftest import CliRunner
+from tests.together import run_together
 
 TEXT = "".join(f"SPEAKER_{i % 7}: line number {i}, said plainly.\n" for i in range(400))
 
@@ -512,20 +512,8 @@ def test_concurrent_prepare_calls_take_turns(tmp_path: Path) -> None:
     source = tmp_path / "text.txt"
     source.write_text(TEXT * 20)
 
-    def run(out: Path, start: threading.Barrier, results: list[object]) -> None:
-        start.wait()
-        try:
-            results.append(prepare(source, out, data()).cached)
-        except Exception as error:  # reported below, with the others
-            results.append(error)
-
     for attempt in range(5):
-        out, start = tmp_path / f"out{attempt}", threading.Barrier(3)
-        results: list[object] = []
-        threads = [threading.Thread(target=run, args=(out, start, results)) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        out = tmp_path / f"out{attempt}"
+        results = run_together(lambda: prepare(source, out, data()).cached)  # noqa: B023
         assert sorted(map(str, results)) == ["False", "True", "True"]
         assert len(open_split(out, "train")) == round(0.9 * len(TEXT * 20))
