@@ -30,7 +30,15 @@ def is_out_of_space(error: BaseException) -> bool:
     return match is not None and int(match.group(1)) in _OUT_OF_SPACE
 
 
-def out_of_space(path: Path, needed_bytes: int | None, error: BaseException) -> DiskFullError:
+RESUME_HINT = (
+    "Files written before it (earlier checkpoints) are intact; free some space and resume with "
+    "--resume=latest"
+)
+
+
+def out_of_space(
+    path: Path, needed_bytes: int | None, error: BaseException, then: str = RESUME_HINT
+) -> DiskFullError:
     """The error to raise: which file, how much it needed, how much is free, what to do."""
     path = Path(path)
     reason = _reason(error)
@@ -39,10 +47,7 @@ def out_of_space(path: Path, needed_bytes: int | None, error: BaseException) -> 
         free = f"{_size(shutil.disk_usage(path.parent).free)} are free there"
     except OSError:
         free = "the free space could not be read"
-    return DiskFullError(
-        f"no space to write {path} ({reason}): {need} and {free}. Files written before it "
-        "(earlier checkpoints) are intact; free some space and resume with --resume=latest"
-    )
+    return DiskFullError(f"no space to write {path} ({reason}): {need} and {free}. {then}")
 
 
 def _reason(error: BaseException) -> str:

@@ -108,3 +108,22 @@ def test_cli_run_out_of_space_says_which_file(run_cli: CliRunner, tmp_path: Path
     assert "Traceback" not in result.stderr
     [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
     assert list((run_dir / "checkpoints").glob("step-*")) == []  # no partial file either
+
+
+def test_prepare_out_of_space_leaves_no_partial_file(run_cli: CliRunner, tmp_path: Path) -> None:
+    """A file-size limit below train.bin's size: one message, no temporary left behind."""
+    text = tmp_path / "big.txt"
+    text.write_text(TEXT * 12)  # about 200 KB: train.bin needs about 360 KB of uint16 ids
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "craft.main", "prepare", f"--input={text}", "--output_dir=out"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=300, preexec_fn=limit_file_size, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "craft: error: no space to write out (file size limit)" in result.stderr
+    assert "No partial file is left" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock"]

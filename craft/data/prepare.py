@@ -47,6 +47,7 @@ from craft.data.tokenizers import (
     load_tokenizer,
 )
 from craft.errors import DataError
+from craft.files import is_out_of_space, out_of_space
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 2  # 2: meta.json records each split's sha256
@@ -173,10 +174,14 @@ def _prepare_now(
         for writer in writers.values():
             writer.file.commit()
         write_atomic(output_dir / "meta.json", json.dumps(meta, indent=2).encode())
-    except BaseException:
+    except BaseException as error:
         tokenizer_out.discard()
         for writer in writers.values():
             writer.file.discard()
+        if is_out_of_space(error):
+            raise out_of_space(
+                output_dir, None, error, "No partial file is left; free some space and run again"
+            ) from None
         raise
     return meta
 

@@ -115,8 +115,12 @@ class PendingFile:
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.handle.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
@@ -163,6 +167,12 @@ def _open_lock_file(path: Path) -> int | None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it: setting it to 0 for a moment (the usual
+    trick) would give world-writable files to another thread creating one meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022  # the common default where /proc is missing
