@@ -142,6 +142,11 @@ def test_a_pickle_is_refused_with_a_way_out(tmp_path: Path) -> None:
         ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx = True"),
         ({"model_type": "llama"}, "model_type 'llama' is not gpt2"),
         ({"n_embd": 64}, "does not fit its config.json"),
+        ({"n_embd": 0}, r"not a usable GPT-2 config \(ZeroDivisionError"),
+        ({"n_embd": "abc"}, r"not a usable GPT-2 config \(ValueError"),
+        ({"n_layer": None}, r"not a usable GPT-2 config \(TypeError"),
+        ({"n_head": 7}, "not a usable GPT-2 config"),
+        ({"vocab_size": -1}, "not a usable GPT-2 config"),
     ],
 )
 def test_config_json_it_cannot_express_is_refused(tmp_path: Path, edit: dict, message: str) -> None:

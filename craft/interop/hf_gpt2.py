@@ -81,25 +81,32 @@ def config_from(hf: Mapping[str, Any], source: str = "config.json") -> GPTConfig
             and not (isinstance(expected, float) and math.isclose(float(hf[key]), expected))
         ):
             raise ConfigError(f"{source}: {key} = {hf[key]!r} cannot be imported ({why})")
-    width = int(hf.get("n_embd", 768))
-    inner = int(hf.get("n_inner") or 4 * width)
-    if int(inner / width * width) != inner:  # GPTConfig keeps the MLP width as a ratio
+    try:
+        width = int(hf.get("n_embd", 768))
+        inner = int(hf.get("n_inner") or 4 * width)
+        cfg = GPTConfig(
+            vocab_size=int(hf.get("vocab_size", 50257)),
+            block_size=int(hf.get("n_positions", hf.get("n_ctx", 1024))),
+            n_layer=int(hf.get("n_layer", 12)),
+            n_head=int(hf.get("n_head", 12)),
+            n_embd=width,
+            mlp_ratio=inner / width,
+            dropout=max(float(hf.get(k, 0.1)) for k in ("resid_pdrop", "embd_pdrop")),
+            bias=True,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            positions="learned",
+            norm="layer",
+            activation=ACTIVATIONS[activation],
+        )
+    except (TypeError, ValueError, ArithmeticError) as error:  # ValidationError is a ValueError
+        reason = str(error).strip().splitlines()
+        raise ConfigError(
+            f"{source}: not a usable GPT-2 config ({type(error).__name__}: "
+            f"{' '.join(line.strip() for line in reason[:3])})"
+        ) from None
+    if cfg.mlp_hidden != inner:  # GPTConfig keeps the MLP width as a ratio of n_embd
         raise ConfigError(f"{source}: n_inner = {inner} is not expressible as a ratio of {width}")
-    dropouts = {float(hf.get(k, 0.1)) for k in ("resid_pdrop", "embd_pdrop")}
-    return GPTConfig(
-        vocab_size=int(hf.get("vocab_size", 50257)),
-        block_size=int(hf.get("n_positions", hf.get("n_ctx", 1024))),
-        n_layer=int(hf.get("n_layer", 12)),
-        n_head=int(hf.get("n_head", 12)),
-        n_embd=width,
-        mlp_ratio=int(inner) / width,
-        dropout=max(dropouts),
-        bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        positions="learned",
-        norm="layer",
-        activation=ACTIVATIONS[activation],
-    )
+    return cfg
 
 
 def params_from(tensors: Mapping[str, torch.Tensor], cfg: GPTConfig, source: str) -> Params:
