@@ -194,7 +194,7 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path
 
 
 def test_a_rank_that_dies_leaves_rank_0_state_saved(tmp_path: Path) -> None:
-    """Rank 1 is killed during step 3; rank 0's gradient sum of step 4 fails, and since the
+    """Rank 1 is killed during step 3; rank 0's next collective fails, and since the gradient
     sum comes before any update it saves its state after step 3, which one process resumes."""
     write_tiny_gin(
         tmp_path, shard=False,
@@ -203,8 +203,12 @@ def test_a_rank_that_dies_leaves_rank_0_state_saved(tmp_path: Path) -> None:
     )  # fmt: skip
     crashed = craft_cli(tmp_path, "--gin_file=tiny.gin", ranks=2)
     assert crashed.returncode != 0
-    assert "craft: error: another rank stopped answering while" in crashed.stderr
-    assert "the state after step 3 is saved:" in crashed.stderr, crashed.stderr[-3000:]
+    # Either rank 0's next collective fails first (it saves and names the lost rank), or
+    # torchrun's SIGTERM for the dead rank arrives first (it stops and saves as terminated).
+    lost = "another rank stopped answering while" in crashed.stderr
+    assert lost or "status: terminated after 3 steps" in crashed.stdout, crashed.stderr[-3000:]
+    if lost:
+        assert "the state after step 3 is saved:" in crashed.stderr
     [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
     assert (run_dir / "checkpoints/step-00000003.safetensors").is_file()
     (tmp_path / "tiny.gin").write_text(

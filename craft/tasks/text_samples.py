@@ -12,6 +12,7 @@ from craft import tree
 from craft.config import configurable
 from craft.data.tokenizers import Tokenizer
 from craft.errors import DataError
+from craft.files import is_out_of_space, out_of_space
 from craft.generate import SamplingConfig, generate_text
 from craft.train.hooks import Hook, RunInfo
 
@@ -80,5 +81,11 @@ def drop_samples_after(path: Path, step: int) -> None:
     cut = next((m.start() for m in _HEADER.finditer(text) if int(m.group(1)) > step), None)
     if cut is not None:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text[:cut], encoding="utf-8")
+        try:
+            tmp.write_text(text[:cut], encoding="utf-8")
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if is_out_of_space(error):
+                raise out_of_space(path, cut, error) from None
+            raise
         tmp.replace(path)

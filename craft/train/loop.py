@@ -241,9 +241,9 @@ def fit(
     stop = stop or StopSignal()
     if own_stop:
         stop.install()
-    for hook in all_hooks:
-        hook.on_start(run)
     try:
+        for hook in all_hooks:  # inside: a failing start still finishes the others (on_end)
+            hook.on_start(run)
         stop.check(world, device)  # a SIGTERM while the data was being prepared
         while step < train.steps:
             tick = time.perf_counter()
