@@ -3,6 +3,7 @@ nothing outside the checkpoint's folder and allocates nothing the file does not 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -144,22 +145,34 @@ def test_the_tokenizer_must_be_a_plain_name_beside_the_checkpoint(
 
 
 def test_stored_data_paths_never_redirect_evaluation(
-    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A record pointing DataConfig at another folder's data changes nothing: evaluate reads
-    the data the command line names."""
-    decoy = tmp_path / "decoy.prepared"
-    shutil.copytree(trained / "tiny.txt.prepared", decoy)
-    (decoy / "val.bin").write_bytes(bytes(len((decoy / "val.bin").read_bytes())))  # all id 0
-    honest = forged(trained, tmp_path / "a", lambda record: record)
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A record pointing DataConfig.prepared_dir at another, valid folder changes nothing:
+    without --data_dir, evaluate reads the data under data/ of the working folder."""
+    work = tmp_path / "work"
+    honest = work / "data/prepared/tiny-char"
+    shutil.copytree(trained / "tiny.txt.prepared", honest)
+    decoy = tmp_path / "decoy.prepared"  # consistent: its own val.bin and checksum
+    shutil.copytree(honest, decoy)
+    zeros = bytes(len((decoy / "val.bin").read_bytes()))
+    (decoy / "val.bin").write_bytes(zeros)
+    meta = json.loads((decoy / "meta.json").read_text())
+    meta["sha256"]["val"] = hashlib.sha256(zeros).hexdigest()
+    (decoy / "meta.json").write_text(json.dumps(meta))
+    plain = forged(trained, tmp_path / "a", lambda record: record)
     hostile = forged(trained, tmp_path / "b", _set("configs.DataConfig.prepared_dir", str(decoy)))
-    data = f"--data_dir={trained / 'tiny.txt.prepared'}"
-    results = []
-    for path in (honest, hostile):
-        code, out, err = run_main(["evaluate", f"--checkpoint={path}", data], capsys)
+    monkeypatch.chdir(work)
+    losses = {}
+    for name, path, flags in [
+        ("plain", plain, []),
+        ("hostile", hostile, []),
+        ("decoy", plain, [f"--data_dir={decoy}"]),  # what following the record would score
+    ]:
+        code, out, err = run_main(["evaluate", f"--checkpoint={path}", *flags], capsys)
         assert code == 0, err
-        results.append(json.loads(out)["loss"])
-    assert results[0] == results[1]
+        losses[name] = json.loads(out)["loss"]
+    assert losses["hostile"] == losses["plain"] != losses["decoy"]
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused(
