@@ -261,7 +261,10 @@ def _generate_cached(
     device: torch.device | str,
 ) -> Iterator[int]:
     dtype = params["tok"]["embedding"].dtype
-    cache = gpt.init_cache(cfg, 1, max_len=window.limit, dtype=dtype, device=device)
+    # Only as long as this generation can fill: a rotary model's block_size shapes no param,
+    # so a checkpoint's record could claim any length (1e9 would ask for hundreds of GB).
+    length = min(window.limit, len(window.tokens) + sampling.max_new_tokens)
+    cache = gpt.init_cache(cfg, 1, max_len=length, dtype=dtype, device=device)
 
     def one_token(params: Params, cache: Cache, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return gpt.decode_step(params, cache, x, pos, cfg)

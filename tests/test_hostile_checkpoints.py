@@ -184,3 +184,26 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(
     code, out, err = run_main(["generate", f"--checkpoint={path}", "--prompt=a"], capsys)
     assert code == 1 and out == ""
     assert "has 200 symbols, more than the" in err and "of the model in step-00000004" in err
+
+
+def test_a_rotary_model_claiming_a_huge_context_generates_in_small_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """block_size shapes no param of a rotary GPT, so the record may claim 1e9; generation
+    sizes its cache by what it will fill, not by that claim."""
+    cfg = gpt.GPTConfig(vocab_size=40, block_size=32, n_layer=1, n_head=2, n_embd=16,
+                        positions="rotary")  # fmt: skip
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "tokenizer.json").write_text(
+        json.dumps({"kind": "char", "chars": [chr(c) for c in range(60, 100)]})
+    )
+    claimed = {**cfg.model_dump(mode="json"), "block_size": 10**9}
+    record = {"step": 0, "model": "gpt", "configs": {}, "model_config": claimed,
+              "task_meta": {"tokenizer": "tokenizer.json"}}  # fmt: skip
+    path = checkpoint.save(source, {"params": gpt.init(cfg, seed=0)}, 0, record)
+    code, out, err = run_main(
+        ["generate", f"--checkpoint={path}", "--prompt=AB", "--max_new_tokens=5"], capsys
+    )
+    assert code == 0, err
+    assert out.startswith("AB") and len(out.strip()) == 7
