@@ -76,6 +76,13 @@ def _train(
         if world.main:
             print(report)
             _record_config(run_dir, configs, resumption, changes)
+            if resumption is not None and resumption.run_dir == run_dir:
+                moved = resuming.set_aside_later(resumption)
+                if moved:
+                    print(
+                        f"craft: resuming from step {resumption.meta.step}; the later checkpoints "
+                        f"are set aside as {', '.join(p.name for p in moved)}"
+                    )
             trackers = make_trackers(_get(configs, MetricsConfig), run_dir, used)
             # Previews first: their images reach the trackers before these finish.
             hooks = [*task.previews(trackers, train_cfg.sample_every), TrackingHook(trackers)]

@@ -157,6 +157,19 @@ def _same_rates(before: Mapping[str, Any], after: Mapping[str, Any], start: int,
     return bool(torch.equal(old(steps), new(steps)))
 
 
+def set_aside_later(resumption: Resumption) -> list[Path]:
+    """Rename this run's checkpoints past the resumed one to `abandoned-step-N.safetensors`:
+    they belong to the continuation being replaced, and `latest` (or pruning by val loss) must
+    not pick one of them up later. Returns the new names."""
+    moved = []
+    for path in list_checkpoints(resumption.path.parent):
+        if path.name > resumption.path.name:
+            target = path.with_name(f"abandoned-{path.name}")
+            path.replace(target)
+            moved.append(target)
+    return moved
+
+
 def segment_name(step: int) -> str:
     """The config segment a resumed run with changes writes: `config.step-00000008.gin`."""
     return f"config.step-{step:08d}.gin"

@@ -120,6 +120,8 @@ def test_metrics_and_samples_have_no_duplicate_steps_after_resuming_an_earlier_c
     assert code == 0, err
     steps = [row["step"] for row in read_metrics(run_dir) if "train/loss" in row]
     assert steps == list(range(1, 9))
+    # The abandoned continuation's checkpoint is set aside, never taken by `latest`.
+    assert (run_dir / "checkpoints/abandoned-step-00000008.safetensors").is_file()
     evals = [row["step"] for row in read_metrics(run_dir) if "val/loss" in row]
     assert evals == [4, 8]
     samples = (run_dir / "samples.txt").read_text()
