@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,14 @@ class Loaded:
         # As in training: the data must fit the model (vocabulary, classes, image shape), and
         # the task learns what it takes from the model (a text window).
         task.fill_model_config(self.spec, self.model_cfg)
+        recorded = (self.meta.get("task_meta") or {}).get("data")
+        found = task.checkpoint_meta().get("data")
+        if recorded and found and recorded != found:  # allowed: scoring a model on other text
+            print(
+                f"craft: warning: {task.describe()}: not the data {self.path.name} was trained "
+                "on (another text, tokenizer or split); scoring it anyway",
+                file=sys.stderr,
+            )
         return task
 
     def _open_task(self, data_dir: str | None) -> Task:

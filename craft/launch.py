@@ -66,7 +66,11 @@ def _train(
         used = {name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()}
         changes = (
             resuming.check_changes(
-                resumption, used, steps=train_cfg.steps, allow=resume_with_changes
+                resumption,
+                used,
+                steps=train_cfg.steps,
+                allow=resume_with_changes,
+                task_meta=task.checkpoint_meta(),
             )
             if resumption is not None
             else []

@@ -122,14 +122,25 @@ def config_changes(
 
 
 def check_changes(
-    resumption: Resumption, current: Mapping[str, Mapping[str, Any]], *, steps: int, allow: bool
+    resumption: Resumption,
+    current: Mapping[str, Mapping[str, Any]],
+    *,
+    steps: int,
+    allow: bool,
+    task_meta: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """All the changes against the checkpoint's configs; refuses binding ones unless `allow`.
 
     A schedule whose fields changed but whose learning rate is the same at every step still to
-    run (a constant lr given a new length) is not a binding change.
+    run (a constant lr given a new length) is not a binding change. `task_meta`: what the task
+    records now (e.g. the prepared data's fingerprint); any difference from the checkpoint's
+    record binds, so other data under the same config is caught too.
     """
     binding, free = config_changes(resumption.meta.configs, current)
+    recorded = resumption.meta.task_meta
+    for key, value in (task_meta or {}).items():
+        if key in recorded and not _same(recorded[key], value):
+            binding.append(f"the task's {key}: {_short(recorded[key])} -> {_short(value)}")
     in_schedule = [line for line in binding if line.startswith("Schedule.")]
     if in_schedule and _same_rates(
         resumption.meta.configs["Schedule"], current["Schedule"], resumption.meta.step, steps
@@ -209,6 +220,11 @@ def _readable(path: Path, *, latest: bool) -> CheckpointMeta:
             f"; the previous checkpoint is {older[-1]}: pass --resume={older[-1]}" if older else ""
         )
         raise CheckpointError(f"{error}{hint}") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "...'"
 
 
 def _same(a: Any, b: Any) -> bool:

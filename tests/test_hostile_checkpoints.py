@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from craft import checkpoint
 from craft.checkpoint import CheckpointError
+from craft.data.config import DataConfig
+from craft.data.prepare import prepare
 from craft.main import main
 from craft.models import gpt
 from tests.test_train import run_in_process
@@ -207,3 +209,19 @@ def test_a_rotary_model_claiming_a_huge_context_generates_in_small_memory(
     )
     assert code == 0, err
     assert out.startswith("AB") and len(out.strip()) == 7
+
+
+def test_evaluating_on_other_data_warns(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same text split differently is other data: scored, with a warning naming it."""
+    other = tmp_path / "other"
+    prepare(trained / "tiny.txt", other, DataConfig(split_ratios=(0.8, 0.1, 0.1)))
+    path = trained / "run/checkpoints/step-00000004.safetensors"
+    code, out, err = run_main(["evaluate", f"--checkpoint={path}", f"--data_dir={other}"], capsys)
+    assert code == 0 and json.loads(out)["loss"] > 0
+    assert "not the data step-00000004.safetensors was trained on" in err
+    code, _, err = run_main(
+        ["evaluate", f"--checkpoint={path}", f"--data_dir={trained / 'tiny.txt.prepared'}"], capsys
+    )
+    assert code == 0 and "not the data" not in err

@@ -236,3 +236,15 @@ def test_a_longer_schedule_is_a_change_only_when_its_rates_change(
             "Schedule.total_steps: 8 -> 12 (the same learning rates)"
         ]
     assert check_changes(resumption, current, steps=12, allow=True)
+
+
+def test_other_data_under_the_same_config_is_a_change(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint records the prepared data's fingerprint: a text edited in place (same
+    path, same config) is refused like any other change that alters the computation."""
+    first_run(tiny_run, capsys)
+    (tiny_run / "tiny.txt").write_text(TEXT.replace("plainly", "loudly"))
+    code, _, err = train(capsys, "--resume=latest", "--gin.TrainConfig.steps=12")
+    assert code == 2
+    assert "under a different config:\n  the task's data: '" in err

@@ -187,6 +187,8 @@ class LanguageModeling(Task):
             "tokenizer": self.tokenizer_path.name,
             "vocab_size": self.tokenizer.vocab_size,
             "window": self.window,
+            # The prepared data's recipe (input sha256, tokenizer, splits): which data this is.
+            "data": self.meta.get("fingerprint"),
         }
 
     def checkpoint_files(self) -> list[Path]:
