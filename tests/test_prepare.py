@@ -517,3 +517,17 @@ def test_concurrent_prepare_calls_take_turns(tmp_path: Path) -> None:
         results = run_together(lambda: prepare(source, out, data()).cached)  # noqa: B023
         assert sorted(map(str, results)) == ["False", "True", "True"]
         assert len(open_split(out, "train")) == round(0.9 * len(TEXT * 20))
+
+
+def test_a_running_task_keeps_the_data_it_opened(tmp_path: Path, text_file: Path) -> None:
+    """Another recipe prepared into the same folder after a run opened it: the run's splits
+    (mapped when it opened) still hold the data it verified."""
+    out = tmp_path / "shared"
+    configs = {"DataConfig": data(source=str(text_file), prepared_dir=str(out))}
+    task = LanguageModeling.open(configs)  # type: ignore[arg-type]
+    dtype = task.meta["dtype"]  # read the files directly: the task's own splits stay untouched
+    before = {name: np.fromfile(out / f"{name}.bin", dtype=dtype) for name in ("train", "val")}
+    prepare(text_file, out, data(source=str(text_file), split_ratios=(0.5, 0.4, 0.1)))
+    assert len(open_split(out, "val")) != len(before["val"])  # the folder did change
+    for name, ids in before.items():
+        assert np.array_equal(task.split(name), ids)

@@ -78,10 +78,22 @@ class LanguageModeling(Task):
         prepared = _prepare(configs)  # a cache hit once `prepare` ran, its files verified
         samples = configs.get("TextSampleConfig")
         assert samples is None or isinstance(samples, TextSampleConfig)
-        return cls(
+        task = cls(
             prepared.directory, prepared.meta, load_tokenizer(prepared.tokenizer_path),
             prepared.tokenizer_path, _config(configs, DataConfig), samples, verified=True,
         )  # fmt: skip
+        # Map every split now: a map keeps the file it opened even if another run prepares the
+        # folder again later (files are replaced by rename), so this run reads the data it
+        # verified. A folder prepared again meanwhile shows in its fingerprint.
+        for name, count in prepared.meta["tokens"].items():
+            if count:
+                task.split(name)
+        if read_meta(prepared.directory).get("fingerprint") != prepared.meta.get("fingerprint"):
+            raise DataError(
+                f"{prepared.directory} was prepared again from another recipe while this run "
+                "opened it; give each recipe its own DataConfig.prepared_dir, and run again"
+            )
+        return task
 
     @classmethod
     def for_checkpoint(
