@@ -9,16 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from craft import checkpoint
 from craft.checkpoint import CheckpointError
 from craft.data.tokenizers import Tokenizer, load_tokenizer
 from craft.errors import ConfigError, DataError
 from craft.models import ModelSpec
 from craft.tasks import TASKS, Task
-from craft.train import lora
-from craft.train import meta as checkpoint_meta
+from craft.tasks.lm import tokenizer_beside
+from craft.train.weights import load_model
 from craft.tree import Params
 
 
@@ -109,16 +106,7 @@ class Loaded:
         """A text model's tokenizer: a plain file name beside the checkpoint."""
         if self.spec.inputs != "tokens":
             raise ConfigError(f"{self.path} holds a {self.spec.name!r} model, which takes no text")
-        task_meta = self.meta.get("task_meta") or {}
-        name = str(task_meta.get("tokenizer") or self.meta.get("tokenizer") or "")
-        if not name or Path(name).name != name:
-            raise CheckpointError(f"{self.path} names no plain tokenizer file (got {name!r})")
-        path = self.path.parent / name
-        if not path.is_file():
-            raise CheckpointError(
-                f"{self.path} has no tokenizer beside it (expected {path}); copy the dataset's "
-                "tokenizer file (tokenizer.json or tokenizer.model) next to the checkpoint"
-            )
+        path = tokenizer_beside(self.meta, self.path.parent)
         tokenizer = load_tokenizer(path)
         model_vocab = getattr(self.model_cfg, "vocab_size", None)
         # The model's table may be padded past the tokenizer's (GPT-2 style), never shorter.
@@ -138,14 +126,5 @@ def load_for_inference(path: Path) -> Loaded:
     read, so nothing is allocated that the file does not hold.
     """
     path = Path(path)
-    meta = checkpoint_meta.read(path)
-    spec, model_cfg = checkpoint_meta.model_of(path, meta)
-    adapters = lora.config_of(meta, path)
-    checkpoint_meta.check_model(path, spec, model_cfg, "params.base" if adapters else "params")
-    if adapters is not None:  # a LoRA run's checkpoint: its base with the adapters merged
-        params = lora.load_merged(path, spec, model_cfg, adapters)
-    else:
-        with torch.device("meta"):
-            shapes = spec.init(model_cfg, seed=0)
-        params, _ = checkpoint.load(path, like=shapes, prefix="params")
+    meta, spec, model_cfg, params = load_model(path)
     return Loaded(path=path, spec=spec, model_cfg=model_cfg, params=params, meta=meta.as_dict())

@@ -99,15 +99,7 @@ class LanguageModeling(Task):
     def for_checkpoint(
         cls, meta: dict[str, Any], directory: Path, data_dir: str | None
     ) -> LanguageModeling:
-        name = str((meta.get("task_meta") or {}).get("tokenizer") or meta.get("tokenizer") or "")
-        if not name or Path(name).name != name:
-            raise DataError(f"the checkpoint names no plain tokenizer file (got {name!r})")
-        tokenizer_path = directory / name
-        if not tokenizer_path.is_file():
-            raise DataError(
-                f"no tokenizer beside the checkpoint (expected {tokenizer_path}); copy the "
-                "dataset's tokenizer file (tokenizer.json or tokenizer.model) next to it"
-            )
+        tokenizer_path = tokenizer_beside(meta, directory)
         stored = meta["configs"]
         # Paths stored in the checkpoint never redirect reads: the data is found from the
         # command line's data folder (default: data/) and the recipe it was prepared with.
@@ -216,6 +208,23 @@ class LanguageModeling(Task):
         if self.window is None:
             raise ConfigError("the lm task's window is unknown: call fill_model_config first")
         return self.window
+
+
+def tokenizer_beside(meta: dict[str, Any], directory: Path) -> Path:
+    """The tokenizer file a checkpoint's record names: a plain file name in the checkpoint's
+    own folder (`directory`), never a path that could read elsewhere."""
+    name = str((meta.get("task_meta") or {}).get("tokenizer") or meta.get("tokenizer") or "")
+    if not name or Path(name).name != name:
+        raise DataError(
+            f"the checkpoint in {directory} names no plain tokenizer file (got {name!r})"
+        )
+    path = directory / name
+    if not path.is_file():
+        raise DataError(
+            f"the checkpoint in {directory} has no tokenizer beside it (expected {path}); copy "
+            "the dataset's tokenizer file (tokenizer.json or tokenizer.model) next to it"
+        )
+    return path
 
 
 def report(prepared: PreparedData) -> str:

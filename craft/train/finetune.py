@@ -3,9 +3,9 @@
 The source is any Craft checkpoint: one a training run wrote, or a model imported from another
 format (the same safetensors file with a validated record). Only its params are taken: the
 run starts at step 0 with a fresh optimizer, unlike `--resume`. The file is untrusted, so it
-is read by `craft.inference.load_for_inference` (record validated, model counted and shaped
-on the meta device before any tensor is read), after the model it claims is compared with
-the configured one, so a mismatch fails before anything large is read.
+is read by `craft.train.weights.load_model` (record validated, model counted and shaped on
+the meta device before any tensor is read), after the model it claims is compared with the
+configured one, so a mismatch fails before anything large is read.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from craft.errors import ConfigError
 from craft.models.spec import ModelSpec
 from craft.train import lora
 from craft.train import meta as checkpoint_meta
+from craft.train.weights import load_model
 from craft.tree import Params
 
 
@@ -28,8 +29,6 @@ def load_initial_params(path: str | Path, spec: ModelSpec, model_cfg: Any) -> Pa
     """The params in checkpoint `path`, which must fit `spec` configured as `model_cfg`:
     the same model, and the same param names and shapes (dropout and other fields that shape
     no param may differ). A mismatch is one `ConfigError` saying what differs."""
-    from craft.inference import load_for_inference  # inference sits above train
-
     path = checkpoint.resolve(path)  # a file, or a run or checkpoints folder: its newest
     record = checkpoint_meta.read(path)
     held_spec, held_cfg = checkpoint_meta.model_of(path, record)
@@ -42,9 +41,7 @@ def load_initial_params(path: str | Path, spec: ModelSpec, model_cfg: Any) -> Pa
     # Counted first (arithmetic): a record claiming a huge model fails before it is shaped.
     checkpoint_meta.check_model(path, held_spec, held_cfg, "params.base" if adapted else "params")
     check_fits(path, spec, held_cfg, model_cfg)
-    if adapted is not None:  # a LoRA run's checkpoint: its base with the adapters merged
-        return lora.load_merged(path, held_spec, held_cfg, adapted)
-    return load_for_inference(path).params
+    return load_model(path)[3]
 
 
 def check_fits(path: Path, spec: ModelSpec, held_cfg: Any, model_cfg: Any) -> None:
