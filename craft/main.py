@@ -19,10 +19,9 @@ from craft import config, launch
 from craft.checkpoint import resolve as resolve_checkpoint
 from craft.config import ModelT
 from craft.data.config import DataConfig, TokenizerConfig
-from craft.data.prepare import PreparedData, default_prepared_dir, prepare
+from craft.data.prepare import PreparedData, default_prepared_dir, prepare, training_lines
 from craft.data.sources import fetch as fetch_source
 from craft.data.sources import resolve_source
-from craft.data.text import read_text
 from craft.data.tokenizers import SentencePieceTokenizer
 from craft.errors import ConfigError, CraftError
 from craft.generate import SamplingConfig, generate_text
@@ -214,9 +213,10 @@ class Commands:
         )
         if errors not in ("strict", "replace"):
             raise ConfigError(f"--errors must be strict or replace, got {errors!r}")
-        text, _ = read_text(Path(input), errors)  # type: ignore[arg-type]
-        tok = SentencePieceTokenizer.train(
-            text,
+        # Streamed as prepare does: memory stays bounded however large the text.
+        lines = list(training_lines(Path(input), errors))  # type: ignore[arg-type]
+        tok = SentencePieceTokenizer.train_lines(
+            lines,
             vocab_size=tok_cfg.vocab_size,
             model_type=tok_cfg.model_type,
             character_coverage=tok_cfg.character_coverage,

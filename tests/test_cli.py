@@ -188,6 +188,20 @@ def test_train_tokenizer_saves_a_model(run_cli: CliRunner, text_file: Path) -> N
     assert (text_file.parent / "tok/sp.model").stat().st_size > 0
 
 
+def test_train_tokenizer_streams_text_without_line_breaks(
+    run_cli: CliRunner, tmp_path: Path
+) -> None:
+    """One 60 KB line (no line breaks): read in chunks and cut into sentences SentencePiece
+    keeps, instead of its `[!sentences_.empty()]`; a missing input is named."""
+    flat = tmp_path / "flat.txt"
+    flat.write_text(" ".join(f"word{i % 97} said plainly" for i in range(4000)))
+    result = run_cli("train_tokenizer", f"--input={flat}", "--output=sp.model", "--vocab_size=300")
+    assert result.returncode == 0, result.stderr
+    assert "bpe SentencePiece, 300 pieces" in result.stdout
+    missing = run_cli("train_tokenizer", "--input=nowhere.txt", "--output=sp.model")
+    assert missing.returncode == 1 and "input file not found: nowhere.txt" in missing.stderr
+
+
 def test_main_job_on_a_text_file_writes_the_run_folder(
     run_cli: CliRunner, tmp_path: Path, text_file: Path
 ) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from craft.data.config import DataConfig, TokenizerConfig
 from craft.data.text import (
+    Errors,
     PendingFile,
     check_input,
     folder_lock,
@@ -421,7 +422,7 @@ def _make_tokenizer(
     # The sample is read whole before training starts: streaming it into SentencePiece while
     # it trains interleaves the text's chunks with the trainer's allocations, and the heap
     # then grew with the input (371 MB for 400 MB of text, against 244 MB for 200 MB).
-    sample = list(_training_lines(input_path, data, train_chars))
+    sample = list(training_lines(input_path, data.errors, train_chars))
     return SentencePieceTokenizer.train_lines(
         sample,
         vocab_size=settings.vocab_size,
@@ -430,11 +431,16 @@ def _make_tokenizer(
     )
 
 
-def _training_lines(input_path: Path, data: DataConfig, train_chars: int) -> Iterator[str]:
-    """The train split's non-empty lines: all of them, or every k-th of a split larger than
-    SENTENCEPIECE_SAMPLE_CHARS (a deterministic sample spread over the whole split)."""
+def training_lines(
+    input_path: Path, errors: Errors, train_chars: int | None = None
+) -> Iterator[str]:
+    """The non-empty lines of the first `train_chars` characters (None: the whole file, counted
+    in a first pass): all of them, or every k-th of a text larger than SENTENCEPIECE_SAMPLE_CHARS
+    (a deterministic sample spread over the whole text), read in chunks."""
+    if train_chars is None:
+        train_chars = sum(len(chunk) for chunk in iter_text(input_path, errors))
     stride = max(1, math.ceil(train_chars / SENTENCEPIECE_SAMPLE_CHARS))
-    pieces = split_pieces(iter_text(input_path, data.errors), (train_chars, train_chars))
+    pieces = split_pieces(iter_text(input_path, errors), (train_chars, train_chars))
     train = itertools.takewhile(lambda unit: unit[0] == 0, encoding_units(pieces))
     lines = (line for _, text in train for line in text.split("\n") if line)
     return itertools.islice(lines, 0, None, stride)
