@@ -61,7 +61,7 @@ def _train(
         # Rank 0 fetches and prepares the data; the others then find it cached.
         report = task_cls.prepare(configs) if world.main else None
         distributed.barrier()
-        task = task_cls.open(configs)
+        task = task_cls.open(configs, verified=True)  # rank 0's prepare checked it just now
         setup = make_setup(configs, task, seed=run_cfg.seed)
         used = {name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()}
         changes = (

@@ -531,3 +531,23 @@ def test_a_running_task_keeps_the_data_it_opened(tmp_path: Path, text_file: Path
     assert len(open_split(out, "val")) != len(before["val"])  # the folder did change
     for name, ids in before.items():
         assert np.array_equal(task.split(name), ids)
+
+
+def test_a_run_opens_what_it_just_prepared_without_hashing_again(
+    tmp_path: Path, text_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After this run's `prepare` checked the folder, `open(verified=True)` (what every torchrun
+    rank does) reads it without a second full hash; a plain `open` checks it again."""
+    from craft.data import prepare as prepare_module
+
+    configs = {"DataConfig": data(source=str(text_file), prepared_dir=str(tmp_path / "p"))}
+    LanguageModeling.prepare(configs)  # type: ignore[arg-type]
+    hashed: list[str] = []
+    real = prepare_module._split_problem
+    monkeypatch.setattr(
+        prepare_module, "_split_problem", lambda d, n, m: hashed.append(n) or real(d, n, m)
+    )
+    task = LanguageModeling.open(configs, verified=True)  # type: ignore[arg-type]
+    assert hashed == [] and len(task.split("val")) == task.meta["tokens"]["val"]
+    LanguageModeling.open(configs)  # type: ignore[arg-type]
+    assert sorted(hashed) == ["test", "train", "val"]

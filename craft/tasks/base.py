@@ -49,8 +49,10 @@ class Task(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def open(cls, configs: dict[str, BaseModel]) -> Task:
-        """The task over data that `prepare` made ready."""
+    def open(cls, configs: dict[str, BaseModel], *, verified: bool = False) -> Task:
+        """The task over data that `prepare` made ready. `verified`: this run's `prepare` has
+        just checked it, so it is opened without checking again (under torchrun every rank
+        would otherwise hash the whole dataset in turn)."""
 
     @classmethod
     @abc.abstractmethod

@@ -48,7 +48,7 @@ class Classification(Task):
         return f"{directory}: {'downloaded and prepared' if downloaded else 'cached'}"
 
     @classmethod
-    def open(cls, configs: dict[str, BaseModel]) -> Classification:
+    def open(cls, configs: dict[str, BaseModel], *, verified: bool = False) -> Classification:
         cfg = _config(configs)
         directory, _ = prepared_images(cfg.source, Path(cfg.data_dir))
         data = images.open_images(directory, val_size=cfg.val_size)

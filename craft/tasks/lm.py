@@ -74,8 +74,14 @@ class LanguageModeling(Task):
         return report(_prepare(configs))
 
     @classmethod
-    def open(cls, configs: dict[str, BaseModel]) -> LanguageModeling:
-        prepared = _prepare(configs)  # a cache hit once `prepare` ran, its files verified
+    def open(cls, configs: dict[str, BaseModel], *, verified: bool = False) -> LanguageModeling:
+        if verified:  # just prepared and checked by this run: read, do not hash again
+            directory = default_prepared_dir(
+                _config(configs, DataConfig), _config(configs, TokenizerConfig)
+            )
+            prepared = PreparedData(directory, read_meta(directory), cached=True)
+        else:
+            prepared = _prepare(configs)  # a cache hit once `prepare` ran, its files verified
         samples = configs.get("TextSampleConfig")
         assert samples is None or isinstance(samples, TextSampleConfig)
         task = cls(
