@@ -216,10 +216,9 @@ def read_folder(source: Path) -> tuple[GPTConfig, Params]:
         if pickles:
             raise CheckpointError(
                 f"{source} holds {', '.join(pickles)}, a pickle, which Craft does not load (it "
-                'can run code). Convert it once where you trust it: python -c "import torch; '
-                "from safetensors.torch import save_file; sd = torch.load('pytorch_model.bin', "
-                "weights_only=True); save_file({k: v.contiguous() for k, v in sd.items()}, "
-                "'model.safetensors')\""
+                "can run code). Convert it to model.safetensors once, on a machine where you "
+                "trust the file, e.g. with transformers: GPT2LMHeadModel.from_pretrained(DIR)"
+                ".save_pretrained(DIR, safe_serialization=True)"
             )
         raise CheckpointError(f"{source} has no model.safetensors")
     try:
