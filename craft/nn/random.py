@@ -8,6 +8,8 @@ numbers, eager or compiled.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -48,3 +50,11 @@ def uniform(key: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Ten
     # dropout several times slower, for no visible gain in the masks.
     bits = _mix32(((counter * 0x9E3779B1) & _MASK32) ^ key.reshape(-1, 1))
     return (bits >> 8).to(torch.float32).mul_(1.0 / (1 << 24)).reshape(shape)
+
+
+def normal(key: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Standard normal floats by Box-Muller from two `uniform` draws of `key` (one key, or one
+    per row as for `uniform`), so a row's noise depends only on its own key."""
+    u1 = 1.0 - uniform(fold_in(key, 1), shape)  # in (0, 1]: the log stays finite
+    u2 = uniform(fold_in(key, 2), shape)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
