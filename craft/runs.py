@@ -21,7 +21,7 @@ class RunConfig(BaseModel):
     name: str = Field("craft", min_length=1, pattern=r"^[\w.-]+$")
     """The experiment name: a folder name (letters, digits, '_', '-', '.')."""
     task: str = "lm"
-    """What kind of training: a registered task (craft.tasks.TASKS: lm, classify)."""
+    """What kind of training: a registered task (craft.tasks.TASKS: lm, classify, diffusion)."""
     output_dir: str = "outputs/experiments"
     seed: int = Field(0, ge=0)
     init_from: str | None = Field(None, min_length=1)

@@ -5,6 +5,7 @@ Adding a task touches its own file, one line here and its gin files.
 
 from craft.tasks.base import Task
 from craft.tasks.classify import Classification
+from craft.tasks.diffusion import Diffusion
 from craft.tasks.lm import LanguageModeling
 
 TASKS: dict[str, type[Task]] = {
@@ -12,7 +13,8 @@ TASKS: dict[str, type[Task]] = {
     for task in (
         LanguageModeling,
         Classification,
+        Diffusion,
     )
 }
 
-__all__ = ["TASKS", "Classification", "LanguageModeling", "Task"]
+__all__ = ["TASKS", "Classification", "Diffusion", "LanguageModeling", "Task"]
