@@ -19,6 +19,9 @@ from craft.train.weights import load_model
 from craft.tree import Params
 
 
+_COMMAND_FOR = {"diffusion": "sample to draw its images", "classify": "evaluate"}
+
+
 @dataclass(frozen=True)
 class Loaded:
     """A trained model ready to use: its spec, config, params and the checkpoint's metadata."""
@@ -105,7 +108,11 @@ class Loaded:
     def tokenizer(self) -> Tokenizer:
         """A text model's tokenizer: a plain file name beside the checkpoint."""
         if self.spec.inputs != "tokens":
-            raise ConfigError(f"{self.path} holds a {self.spec.name!r} model, which takes no text")
+            hint = _COMMAND_FOR.get(self.task_name)
+            raise ConfigError(
+                f"{self.path} holds a {self.spec.name!r} model trained for the "
+                f"{self.task_name!r} task, which takes no text" + (f"; use {hint}" if hint else "")
+            )
         path = tokenizer_beside(self.meta, self.path.parent)
         tokenizer = load_tokenizer(path)
         model_vocab = getattr(self.model_cfg, "vocab_size", None)

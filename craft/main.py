@@ -27,6 +27,7 @@ from craft.errors import ConfigError, CraftError
 from craft.generate import SamplingConfig, generate_text
 from craft.inference import load_for_inference
 from craft.models import model_spec
+from craft.sample_images import sample_to_files
 from craft.tasks.lm import report
 from craft.tracking import plot_run
 from craft.train.config import TrainConfig
@@ -117,6 +118,38 @@ class Commands:
                 compile=compile,
             )  # fmt: skip
             print()
+
+    def sample(
+        self,
+        checkpoint: str,
+        num_samples: int = 64,
+        label: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        output: str = "samples.png",
+        save_tensors: bool = False,
+        batch_size: int = 500,
+        compile: bool = False,
+    ) -> None:
+        """Draw images from a diffusion checkpoint into a PNG grid.
+
+        --label: one class (default: all of them, cycling, one column per class); --steps,
+        --guidance, --sampler (ddim or ddpm): default to the run's DiffusionConfig;
+        --save_tensors also writes the images (floats in [0, 1]) and labels as safetensors
+        beside the PNG. The same --seed gives the same images.
+        """
+        path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
+        output = _path_flag("output", output, "a PNG file")
+        loaded = load_for_inference(path)
+        written = sample_to_files(
+            loaded, Path(output), num_samples=num_samples, label=label, steps=steps,
+            guidance=guidance, sampler=sampler, seed=seed, save_tensors=save_tensors,
+            batch_size=batch_size, compile=compile,
+        )  # fmt: skip
+        for file in written:
+            print(file)
 
     def import_hf(self, source: str, output: str) -> None:
         """Import a local Hugging Face GPT-2 folder (config.json, model.safetensors, and

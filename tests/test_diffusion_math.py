@@ -113,12 +113,21 @@ def test_an_image_does_not_depend_on_the_batch_it_was_drawn_in(kind: str) -> Non
     common = dict(steps=10, seed=3, kind=kind, guidance=1.0, null_label=10)
     whole = samplers.sample(_toy_denoiser, table, labels, (1, 4, 4), **common)  # type: ignore[arg-type]
     tail = samplers.sample(
-        _toy_denoiser, table, labels[4:], (1, 4, 4), first_index=4, **common  # type: ignore[arg-type]
+        _toy_denoiser,
+        table,
+        labels[4:],
+        (1, 4, 4),
+        first_index=4,
+        **common,  # type: ignore[arg-type]
     )
     torch.testing.assert_close(whole[4:], tail, rtol=0, atol=0)
     assert whole.abs().max() <= 1.0
     other_seed = samplers.sample(
-        _toy_denoiser, table, labels, (1, 4, 4), **{**common, "seed": 4}  # type: ignore[arg-type]
+        _toy_denoiser,
+        table,
+        labels,
+        (1, 4, 4),
+        **{**common, "seed": 4},  # type: ignore[arg-type]
     )
     assert not torch.equal(whole, other_seed)
 

@@ -13,7 +13,6 @@ loss is measured with the same noise at every evaluation, so it compares across 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,9 +68,7 @@ class DiffusionConfig(BaseModel):
                 f"beta_start={self.beta_start} must not exceed beta_end={self.beta_end}"
             )
         if self.sample_steps > self.timesteps:
-            raise ValueError(
-                f"sample_steps={self.sample_steps} exceeds timesteps={self.timesteps}"
-            )
+            raise ValueError(f"sample_steps={self.sample_steps} exceeds timesteps={self.timesteps}")
         return self
 
 
@@ -85,8 +82,9 @@ class Diffusion(ImageTask):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        cfg = self.diffusion
-        self.alphas_bar = alphas_bar(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end)
+        self.sampler = ImageSampler(
+            self.diffusion, tuple(self.data.image_shape), len(self.data.class_names)
+        )
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     @classmethod
@@ -105,7 +103,7 @@ class Diffusion(ImageTask):
     @property
     def null_label(self) -> int:
         """The 'no label' id: one past the last class."""
-        return len(self.data.class_names)
+        return self.sampler.classes
 
     def eval_batches(self, split: str, size: int) -> Iterator[Batch]:
         start = 0
@@ -135,14 +133,15 @@ class Diffusion(ImageTask):
         if tuple(out.shape) != (2, *shape):
             raise ConfigError(
                 f"model {spec.name!r} gives outputs of shape {list(out.shape)[1:]} per image; "
-                f"the {self.name!r} task needs a noise prediction shaped like the image {list(shape)}"
+                f"the {self.name!r} task needs a noise prediction shaped like the image "
+                f"{list(shape)}"
             )
         return cfg
 
     def table(self, device: torch.device) -> torch.Tensor:
         """ᾱ as float32 on `device` (cached: the step must not copy it every time)."""
         if device not in self._tables:
-            self._tables[device] = self.alphas_bar.to(device=device, dtype=torch.float32)
+            self._tables[device] = self.sampler.alphas_bar.to(device=device, dtype=torch.float32)
         return self._tables[device]
 
     def loss(
@@ -154,7 +153,8 @@ class Diffusion(ImageTask):
         if rng is None:  # evaluation: each image's draws follow its index in the split
             rng = fold_in(key(EVAL_SEED).to(labels.device), batch["index"])
         cfg = self.diffusion
-        t = (uniform(fold_in(rng, _T), (rows,)) * cfg.timesteps).long().clamp_(max=cfg.timesteps - 1)
+        t = (uniform(fold_in(rng, _T), (rows,)) * cfg.timesteps).long()
+        t = t.clamp_(max=cfg.timesteps - 1)
         x0 = to_model_range(pixels)
         noise = normal(fold_in(rng, _NOISE), x0.shape)
         if training and cfg.label_dropout > 0:
@@ -176,6 +176,23 @@ class Diffusion(ImageTask):
     def previews(self, trackers: Any, every: int) -> list[Hook]:
         return [SamplesHook(self, every, trackers)]
 
+
+class ImageSampler:
+    """Draws images from a trained diffusion model: what a checkpoint's record says (the
+    schedule, the image shape, the classes) without the dataset, so `sample` needs no data."""
+
+    def __init__(self, cfg: DiffusionConfig, image_shape: tuple[int, ...], classes: int):
+        self.cfg, self.image_shape, self.classes = cfg, image_shape, classes
+        self.alphas_bar = alphas_bar(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end)
+
+    @classmethod
+    def from_record(cls, meta: dict[str, Any]) -> ImageSampler:
+        """From a diffusion checkpoint's record (`CheckpointMeta.as_dict()`)."""
+        stored = meta["task_meta"]
+        cfg = DiffusionConfig.model_validate(meta["configs"].get("DiffusionConfig", {}))
+        shape = tuple(int(size) for size in stored["image_shape"])
+        return cls(cfg, shape, len(stored["class_names"]))
+
     @torch.no_grad()
     def draw(
         self,
@@ -192,37 +209,41 @@ class Diffusion(ImageTask):
     ) -> torch.Tensor:
         """Images in [-1, 1], one per label (on the params' device), drawn in batches; image i
         is the same whatever the batch size. Unset options come from `DiffusionConfig`."""
-        cfg = self.diffusion
+        cfg = self.cfg
         device = tree.leaves(params)[0].device
         labels = labels.to(device)
-        shape = tuple(self.data.image_shape)
 
         def denoise(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return apply(params, {"images": x, "t": t, "labels": y})
 
+        options = {
+            "steps": cfg.sample_steps if steps is None else steps,
+            "seed": seed,
+            "kind": sampler or cfg.sampler,
+            "guidance": cfg.guidance if guidance is None else guidance,
+            "null_label": self.classes,
+            "compile": compile,
+        }
         parts = [
             samplers.sample(
-                denoise, self.alphas_bar, labels[start : start + batch_size], shape,
-                steps=cfg.sample_steps if steps is None else steps,
-                seed=seed, kind=sampler or cfg.sampler,
-                guidance=cfg.guidance if guidance is None else guidance,
-                null_label=self.null_label, first_index=start, compile=compile,
-            )  # fmt: skip
+                denoise,
+                self.alphas_bar,
+                labels[start : start + batch_size],
+                self.image_shape,
+                first_index=start,
+                **options,  # type: ignore[arg-type]
+            )
             for start in range(0, len(labels), batch_size)
         ]
-        return torch.cat(parts) if parts else torch.empty((0, *shape), device=device)
+        return torch.cat(parts) if parts else torch.empty((0, *self.image_shape), device=device)
 
     def grid_labels(self, per_class: int, label: int | None = None) -> torch.Tensor:
         """Labels for a grid: `per_class` of each class in class order, or of `label` only."""
-        classes = [label] if label is not None else range(len(self.data.class_names))
+        classes = [label] if label is not None else range(self.classes)
         return torch.tensor([c for c in classes for _ in range(per_class)], dtype=torch.int64)
 
 
-def even_labels(count: int, classes: int) -> torch.Tensor:
-    """`count` labels spread evenly over the classes (0, 1, ..., classes-1, 0, 1, ...)."""
+def cycled_labels(count: int, classes: int) -> torch.Tensor:
+    """`count` labels cycling through the classes (0, 1, ..., classes-1, 0, 1, ...): evenly
+    spread, and in a grid of `classes` columns each column is one class."""
     return torch.arange(count, dtype=torch.int64) % classes
-
-
-def grid_columns(count: int) -> int:
-    """Columns of a square-ish grid for `count` images."""
-    return max(1, math.ceil(math.sqrt(count)))

@@ -68,8 +68,9 @@ class SamplesHook(Hook):
         def apply(p: Any, inputs: Any, **kwargs: Any) -> torch.Tensor:
             return spec.apply(p, inputs, cfg, **kwargs)
 
-        per_class = self.task.diffusion.preview_per_class
-        images = self.task.draw(apply, params, self.task.grid_labels(per_class))
+        sampler = self.task.sampler
+        per_class = sampler.cfg.preview_per_class
+        images = sampler.draw(apply, params, sampler.grid_labels(per_class))
         path = write_grid(run.run_dir / SAMPLES_FILE, (images + 1) * 0.5, per_class)
         if self.trackers is not None:
             self.trackers.log_image(path.stem, path, step)

@@ -27,7 +27,9 @@ Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def timesteps(total: int, steps: int) -> list[int]:
     """`steps` timesteps from T-1 down to 0, evenly spaced (all of them when steps = T)."""
     if not 1 <= steps <= total:
-        raise ValueError(f"steps must be between 1 and {total} (the schedule's length), got {steps}")
+        raise ValueError(
+            f"steps must be between 1 and {total} (the schedule's length), got {steps}"
+        )
     picked = torch.linspace(0, total - 1, steps, dtype=torch.float64).round().long()
     return sorted({int(t) for t in picked}, reverse=True)
 
