@@ -12,8 +12,11 @@ from safetensors.torch import load_file
 
 from craft import config
 from craft.data.config import ImageDataConfig
+from craft.inference import load_for_inference
+from craft.judge import JudgeRecipe
 from craft.launch import train
 from craft.main import main
+from craft.sample_scores import score_samples
 from craft.tasks import Diffusion
 from craft.tasks.diffusion import DiffusionConfig
 from tests.conftest import CliRunner
@@ -207,3 +210,37 @@ def test_the_cli_trains_from_a_gin_file(run_cli: CliRunner, trained: Path, tmp_p
     assert done.returncode == 0, done.stderr
     assert "task diffusion; model unet" in done.stdout
     assert "status: finished after 2 steps" in done.stdout
+
+
+def test_samples_are_scored_by_the_judge(trained: Path) -> None:
+    """The judge (a tiny recipe here) trains on first use and scores the samples: an untrained
+    generator is farther from the test images than the training images are."""
+    loaded = load_for_inference(_checkpoint(trained, 4))
+    task = loaded.task(str(trained / "data"))
+    assert isinstance(task, Diffusion)
+    recipe = JudgeRecipe(steps=20, batch_size=32, val_size=100, warmup_steps=2, compile=False)
+    scores = score_samples(
+        loaded, task, num_samples=30, steps=3, guidance=1.0, sampler=None, seed=0,
+        batch_size=16, device=torch.device("cpu"), recipe=recipe,
+    )  # fmt: skip
+    assert 0.0 <= scores["class_accuracy"] <= 1.0
+    assert scores["frechet_distance"] > scores["frechet_floor"] >= 0.0
+    assert (scores["num_samples"], scores["steps"], scores["guidance"]) == (30, 3, 1.0)
+    assert scores["sampler"] == "ddim"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps=0"], "--steps=0 must be a whole number from 1 to 50"),
+        (["--num_samples=100000"], "--num_samples=100000 exceeds the 200 real images"),
+        (["--guidance=-2"], "--guidance=-2 must be a number >= 0"),
+    ],
+)
+def test_bad_evaluate_flags_name_the_problem(
+    trained: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["evaluate", f"--checkpoint={_checkpoint(trained, 4)}",
+            f"--data_dir={trained / 'data'}", *flags]  # fmt: skip
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and message in err, err
