@@ -2,10 +2,11 @@
 
 A checkpoint is one file, `step-00001234.safetensors`, holding a whole state tree (the training
 loop stores its `TrainState` as a dict) under dotted names (`params.blocks.0.attn.qkv.w`,
-`opt_state.mu...`, `step`, `rng`, `loss_scale.scale`) and, as JSON in the safetensors metadata,
-the effective config, the tokenizer file, the val loss and library versions. Files are written
-to a temporary name, fsynced and renamed, so a kill at any moment leaves the previous
-checkpoints intact, and a file with the final name is complete.
+`opt_state.mu...`, `step`, `rng`, `loss_scale.scale`, and `ema...` when the run keeps an EMA
+of its params) and, as JSON in the safetensors metadata, the effective config, the tokenizer
+file, the val loss and library versions. Files are written to a temporary name, fsynced and
+renamed, so a kill at any moment leaves the previous checkpoints intact, and a file with the
+final name is complete.
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ def save(directory: Path, state: dict[str, Any], step: int, meta: dict[str, Any]
 
 
 def load(
-    path: Path, like: dict[str, Any], prefix: str = ""
+    path: Path, like: dict[str, Any], prefix: str = "", skip: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a checkpoint into a tree shaped like `like`, checking every name, shape and dtype.
 
-    With `prefix` (e.g. "params"), only the tensors under it are read and checked. Tensors are
+    With `prefix` (e.g. "params"), only the tensors under it are read and checked; the tensors
+    under `skip` (e.g. "ema", a part of the state this reader leaves out) are neither. Tensors are
     copied out of the file (not memory-mapped), so the file may be replaced later. `like` may
     live on the meta device (shapes only): its tensors are then read onto the CPU.
     """
@@ -82,6 +84,8 @@ def load(
         with safe_open(str(path), framework="pt") as handle:
             keys = handle.keys()
             names = {name for name in keys if name.startswith(lead)}
+            if skip is not None:
+                names = {name for name in names if not name.startswith(f"{skip}.")}
             missing = [n for n in expected if n not in names]
             unexpected = sorted(names - set(expected))
             problems = []

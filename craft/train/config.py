@@ -65,6 +65,16 @@ class TrainConfig(BaseModel):
     """Which params train, as fnmatch patterns on dotted names ('blocks.5.*', 'ln_f.*'); the
     others are frozen (no gradient, no optimizer state, no update). None: all train, or with
     LoRA (LoRAConfig.rank > 0) the adapters only; with LoRA these base params train too."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average (EMA) of the trained params, with this decay in
+    (0, 1) (e.g. 0.999: about the last 1000 steps); None: no EMA. After each optimizer update,
+    ema = d * ema + (1 - d) * params. Evaluation, the best checkpoint by val loss, previews
+    and samples use the EMA, and so do evaluate and generate on the checkpoints (which hold it
+    as `ema.*`)."""
+    ema_warmup: bool = True
+    """With an EMA: the decay of the update that brings the step to n (n = 1, 2, ...) is
+    min(ema_decay, (1 + n) / (10 + n)), so a short run's average is not dominated by the
+    initial params; False: ema_decay from the first step."""
 
     @field_validator("model")
     @classmethod
@@ -72,6 +82,16 @@ class TrainConfig(BaseModel):
         if name not in MODELS:
             raise ValueError(unknown_name("model", name, MODELS))
         return name
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _decay_in_unit_interval(cls, decay: float | None) -> float | None:
+        if decay is not None and not 0.0 < decay < 1.0:
+            raise ValueError(
+                f"ema_decay must be in (0, 1), e.g. 0.999 (the share of the average kept at "
+                f"each step), or None for no EMA; got {decay}"
+            )
+        return decay
 
     @model_validator(mode="after")
     def _accumulation_divides_batch(self) -> TrainConfig:

@@ -41,6 +41,7 @@ from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import make_train_step
 from craft.train.stop import Stopped, StopSignal
+from craft.train.weights import EMA
 from craft.tree import Params
 
 RUN_CONFIGS = ("RunConfig", "TrainConfig", "MetricsConfig")
@@ -78,6 +79,18 @@ class Setup:
     def model_params(self, params: Params) -> Params:
         """The model's plain params from the state's (a LoRA run's adapters merged)."""
         return params if self.lora is None else lora.model_params(params, self.lora)
+
+    def eval_params(self, state: TrainState) -> Params:
+        """The model's plain params to use it with (evaluation, the best checkpoint's val loss,
+        previews, samples), as inference reads them from a checkpoint: the EMA in place of the
+        params it averages when the run keeps one (TrainConfig.ema_decay), a LoRA run's
+        adapters merged. No copy, except the merged weights."""
+        params = state.params
+        if state.ema:
+            named = tree.to_dotted(params)
+            named.update(tree.to_dotted(state.ema))
+            params = tree.from_dotted(named, like=params)
+        return self.model_params(params)
 
     def initial_params(self, *, from_checkpoint: bool = True) -> Params:
         """The params a fresh run starts from: `init_from`'s (unless `from_checkpoint` is
@@ -167,7 +180,7 @@ def fit(
     # params, so init_from is not read again (it may be gone).
     state = init_state(
         setup.initial_params(from_checkpoint=resume is None), setup.optimizer,
-        seed=setup.seed, trainable=setup.trainable,
+        seed=setup.seed, trainable=setup.trainable, ema=train.ema_decay is not None,
     )  # fmt: skip
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
@@ -193,7 +206,7 @@ def fit(
         shards=shards, rank=world.rank,
         deterministic=train.deterministic if train.deterministic is not None
         else device.type == "cpu",
-        trainable=setup.trainable,
+        trainable=setup.trainable, ema_decay=train.ema_decay, ema_warmup=train.ema_warmup,
     )  # fmt: skip
     holder = {"state": state}
     run = RunInfo(
@@ -204,8 +217,8 @@ def fit(
         model_name=spec.name,
         model_config=setup.model_cfg,
         task=task,
-        # Hooks see the model's plain params (a LoRA run's adapters merged); the
-        # checkpointer saves the state as it is.
+        # Hooks see the model's plain params as evaluation uses them (the EMA, a LoRA run's
+        # adapters merged); the checkpointer saves the state as it is.
         read_state=lambda: _model_view(setup, holder["state"]),
     )
     example_flops = spec.flops(setup.model_cfg, task.example_shape(spec, setup.model_cfg))
@@ -221,11 +234,16 @@ def fit(
     all_hooks = [checkpointer, *hooks, *user_hooks] if world.main else [checkpointer]
     checkpointer.listeners = all_hooks if world.main else []
 
+    # Evaluation runs the plain model on `setup.eval_params` (the EMA when there is one),
+    # which are what inference loads from the checkpoint.
+    model_loss_fn = functools.partial(task.loss, functools.partial(spec.apply, cfg=setup.model_cfg))
+
     def run_eval(step: int, whole: bool) -> dict[str, float]:
         named: dict[str, float] = {}
+        params = setup.eval_params(holder["state"])
         for split in task.final_splits if whole else ("val",):
             results = evaluate(
-                task, loss_fn, holder["state"].params, split, batch_size=train.eval_batch_size,
+                task, model_loss_fn, params, split, batch_size=train.eval_batch_size,
                 device=device, max_batches=None if whole else train.eval_batches,
             )  # fmt: skip
             named.update({f"{split}/{key}": value for key, value in results.items()})
@@ -402,8 +420,33 @@ class Checkpointer(Hook):
 
 
 def _restore(path: Path, fresh: TrainState) -> TrainState:
-    loaded, _ = checkpoint.load(path, like=fresh._asdict())
-    return TrainState(**loaded)
+    """The checkpoint's state, shaped like `fresh`. Resuming refuses a change of
+    TrainConfig.ema_decay unless asked (craft.resume), so a checkpoint without the EMA this run
+    keeps (written before it was turned on, or before EMA existed) is an accepted change: the
+    EMA starts from the checkpoint's params. One with an EMA this run does not keep: it is
+    left out."""
+    held = any(name.startswith(f"{EMA}.") for name in checkpoint.tensor_table(path))
+    if held == bool(fresh.ema):
+        loaded, _ = checkpoint.load(path, like=fresh._asdict())
+        return TrainState(**loaded)
+    loaded, _ = checkpoint.load(path, like=fresh._replace(ema={})._asdict(), skip=EMA)
+    state = TrainState(**loaded)
+    if not held:
+        named = tree.to_dotted(state.params)
+        ema = tree.from_dotted(
+            {name: named[name].clone() for name in tree.to_dotted(fresh.ema)}, like=fresh.ema
+        )
+        state = state._replace(ema=ema)
+    print(
+        f"craft: warning: {path.name} "
+        + (
+            f"holds no EMA of the params: it starts from them at step {int(state.step)}"
+            if not held
+            else "holds an EMA of the params, which this run (ema_decay = None) leaves out"
+        ),
+        file=sys.stderr,
+    )
+    return state
 
 
 def _load_hook(path: str) -> Hook:
@@ -435,7 +478,7 @@ def _run_line(
     setup: Setup, device: torch.device, world: distributed.World, state: TrainState
 ) -> str:
     """The run's first line: device, ranks and backend, task, model and its size (and what
-    trains, in a fine-tuning run)."""
+    trains, in a fine-tuning run; the EMA's decay when it keeps one)."""
     threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
     ranks = f"{world.size} ranks ({distributed.backend()})" if world.size > 1 else "1 process"
     params = tree.count(state.params)
@@ -447,6 +490,8 @@ def _run_line(
         size += f", LoRA rank {setup.lora.rank}"
     if setup.init_from is not None and not int(state.step):
         size += f", from {setup.init_from}"
+    if setup.train.ema_decay is not None:
+        size += f", EMA {setup.train.ema_decay}"
     return (
         f"craft: {device}{threads}, {ranks}; task {setup.task.name}; "
         f"model {setup.spec.name}, {size}"
@@ -454,8 +499,9 @@ def _run_line(
 
 
 def _model_view(setup: Setup, state: TrainState) -> TrainState:
-    """The state with the model's plain params, for hooks that run the model."""
-    return state if setup.lora is None else state._replace(params=setup.model_params(state.params))
+    """The state with the model's plain params as evaluation uses them (`Setup.eval_params`),
+    for hooks that run the model."""
+    return state._replace(params=setup.eval_params(state))
 
 
 def _pick(configs: dict[str, BaseModel], kind: type[Any]) -> Any:

@@ -12,7 +12,8 @@ rules such as AdamW's weight-decay mask (matrices, not vectors or embeddings) se
 on the whole params. An optimizer whose rule needs a leaf's full shape would not fit this layout.
 
 Checkpoints hold the whole state (`full_state` gathers it), so a sharded run resumes on any
-number of ranks, sharded or not, and the reverse.
+number of ranks, sharded or not, and the reverse. An EMA of the params (`TrainState.ema`) is not
+sharded: every rank keeps it whole and moves it towards the gathered params, as the params are.
 """
 
 from __future__ import annotations

@@ -15,13 +15,15 @@ from craft.tree import Params
 
 
 class TrainState(NamedTuple):
-    """params (fp32 masters), opt_state, step (int64), rng (a key), loss_scale (fp16 only)."""
+    """params (fp32 masters), opt_state, step (int64), rng (a key), loss_scale (fp16 only),
+    ema (the exponential moving average of the trained params; `{}` when it is off)."""
 
     params: Params
     opt_state: OptState
     step: torch.Tensor
     rng: torch.Tensor
     loss_scale: dict[str, torch.Tensor]
+    ema: Params
 
 
 def init_state(
@@ -31,6 +33,7 @@ def init_state(
     seed: int = 0,
     init_loss_scale: float = 2.0**16,
     trainable: Sequence[str] | None = None,
+    ema: bool = False,
 ) -> TrainState:
     """A fresh state around `params` (made fp32; they require gradients only inside the
     step, so code outside it records no autograd graph).
@@ -38,6 +41,9 @@ def init_state(
     `trainable`: the dotted names of the params that train (None: all). The optimizer state
     holds those only, under their own names (`opt_state.mu.blocks.5.mlp.fc.w`): frozen params
     cost no optimizer memory. Give the step the same names.
+
+    `ema`: keep an exponential moving average of the trained params (a copy of them, fp32,
+    under the same names: `ema.blocks.5.mlp.fc.w`); give the step an `ema_decay`.
     """
     params = tree.tree_map(lambda p: p.detach().float(), params)
     return TrainState(
@@ -49,6 +55,7 @@ def init_state(
             "scale": torch.tensor(init_loss_scale, dtype=torch.float32),
             "good_steps": torch.zeros((), dtype=torch.int64),
         },
+        ema=tree.tree_map(torch.clone, select(params, trainable)) if ema else {},
     )
 
 

@@ -5,7 +5,8 @@ Not a pure function: the state passed in is consumed, as a donated buffer is in 
 optimizer state are updated in place and the same tensors come back; use the returned state.
 Keeping one copy of them is what makes large models fit. Inside, each micro-batch runs a
 compiled forward (autocast when asked) and PyTorch's own autograd computes the gradients into
-`.grad`; one compiled update unscales, clips and applies the optimizer in place.
+`.grad`; one compiled update unscales, clips and applies the optimizer in place, then moves
+the EMA of the params (when asked) towards them.
 
 The step knows nothing of tasks: a batch is any dict of tensors split along dim 0, and the loss
 says how much each micro-batch weighs (tokens, images). Params require gradients only while the
@@ -58,6 +59,8 @@ def make_train_step(
     rank: int | None = None,
     deterministic: bool = True,
     trainable: Sequence[str] | None = None,
+    ema_decay: float | None = None,
+    ema_warmup: bool = True,
 ) -> StepFn:
     """Build the step. `loss_fn(params, batch, *, rng) -> (mean loss, {"weight": n, ...})`.
 
@@ -95,8 +98,18 @@ def make_train_step(
       `init_state`. The others are frozen: they never require gradients (autograd computes
       none for them), are left out of the norm and clipping, and are not updated; the
       optimizer sees only the trainable sub-tree, whose state `init_state` built.
+    - ema_decay: keep `state.ema`, an exponential moving average of the trained params (build
+      the state with `init_state(..., ema=True)`). Right after each applied optimizer update,
+      in the same compiled graph, `ema = d * ema + (1 - d) * params`, where d is `ema_decay`,
+      or with `ema_warmup` `min(ema_decay, (1 + n) / (10 + n))` for the update that brings
+      the state's step to n (n = 1, 2, ...; skipped fp16 steps count too), so the average of
+      a short run is not dominated by the initial params. A skipped fp16 step moves neither
+      the params nor the EMA. d is computed from the state's step tensor, so no step
+      recompiles. With `shards`, every rank keeps the whole EMA and updates it after the
+      params are gathered.
 
-    The state given to `step` is consumed: params and optimizer state are updated in place.
+    The state given to `step` is consumed: params, optimizer state and EMA are updated in
+    place.
     """
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
@@ -119,6 +132,10 @@ def make_train_step(
         raise ValueError("shards cover every param: frozen params (trainable) are not supported")
     if shards is not None and grad_sync is not None:
         raise ValueError("give grad_sync or shards, not both: shards does its own reduction")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(
+            f"ema_decay must be in (0, 1) (e.g. 0.999), or None for no EMA; got {ema_decay}"
+        )
     autocast_dtype = _AUTOCAST.get(precision)
 
     def forward(
@@ -146,7 +163,18 @@ def make_train_step(
             torch._foreach_mul_(tree.leaves(grads), coef)
         lr = schedule(state.step)
         optimizer.update(grads, state.opt_state, state.params, lr=lr)
+        if ema_decay is not None:
+            update_ema(state)
         return lr
+
+    def update_ema(state: TrainState) -> None:
+        # state.step counts the updates before this one.
+        n = state.step.to(torch.float32) + 1
+        decay = (1 + n) / (10 + n) if ema_warmup else torch.ones_like(n)
+        decay = decay.clamp(max=ema_decay)
+        ema = tree.leaves(state.ema)
+        # One weight tensor per leaf: a lone tensor would be taken as a Scalar (a host sync).
+        torch._foreach_lerp_(ema, tree.leaves(state.params), [1 - decay] * len(ema))
 
     def unscale_slice(
         local: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
@@ -183,14 +211,18 @@ def make_train_step(
     forward_c = maybe_compile(forward)
     update_c = maybe_compile(update, **safe)  # fp32 / bf16: unscale, clip, update in one graph
     unscale_c, apply_update_c = maybe_compile(unscale, **safe), maybe_compile(apply_update, **safe)
+    update_ema_c = None
     if shards is not None:
         unscale_c = maybe_compile(unscale_slice, **safe)
         apply_update_c = maybe_compile(apply_update_slice, **safe)
+        if ema_decay is not None:  # the whole EMA, once the params are whole again
+            update_ema_c = maybe_compile(update_ema)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if not batch:
             raise ValueError("the batch is empty: give a dict of tensors split along dim 0")
         trained = select(state.params, trainable)
+        _check_ema(state, trained, ema_decay)
         params = tree.leaves(trained)
         for p in params:  # gradients are recorded only inside the step, for trained params
             p.requires_grad_(True)
@@ -234,7 +266,7 @@ def make_train_step(
             if shards is not None:
                 norm, lr, skipped = _sharded_update(
                     state, shards, grad_list, loss_sum, weight, unscale_c, apply_update_c,
-                    growth_interval if precision == "fp16" else None,
+                    growth_interval if precision == "fp16" else None, update_ema_c,
                 )  # fmt: skip
             else:
                 if grad_sync is not None:
@@ -305,10 +337,12 @@ def _sharded_update(
     unscale: Callable[..., torch.Tensor],
     apply_update: Callable[..., torch.Tensor],
     growth_interval: int | None,
+    update_ema: Callable[[TrainState], None] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ZeRO-1: reduce-scatter the gradients, update this rank's slice, all-gather the params.
     `growth_interval` is given for fp16 (loss scaling; every rank sees the same global norm, so
-    all skip together)."""
+    all skip together). `update_ema`: moves the whole EMA towards the gathered params (every
+    rank holds the same params then, so the ranks' EMAs stay equal)."""
     local = shards.scatter_sum(grad_list)
     distributed.all_reduce_sum([loss_sum, weight])
     norm = shards.global_norm(unscale(local, weight, state.loss_scale["scale"]))
@@ -316,7 +350,32 @@ def _sharded_update(
         return norm, torch.zeros(()), torch.ones((), dtype=torch.int64)
     lr = apply_update(state._replace(params=shards.own(state.params)), shards.split(local), norm)
     shards.gather_params(state.params)
+    if update_ema is not None:
+        update_ema(state)
     return norm, lr, torch.zeros((), dtype=torch.int64)
+
+
+def _check_ema(state: TrainState, trained: Params, ema_decay: float | None) -> None:
+    """The state's EMA must be there exactly when the step keeps one, over the trained
+    params (the update pairs their leaves in order)."""
+    if ema_decay is None:
+        if state.ema:
+            raise ValueError(
+                "the state holds an EMA of the params, but the step has no ema_decay: the EMA "
+                "would never move; give make_train_step an ema_decay, or build the state "
+                "without one (init_state(..., ema=False))"
+            )
+        return
+    if not state.ema:
+        raise ValueError(
+            f"the step keeps an EMA (ema_decay={ema_decay}), but the state holds none: build "
+            "it with init_state(..., ema=True)"
+        )
+    if tree.flatten(state.ema)[1] != tree.flatten(trained)[1]:
+        raise ValueError(
+            "the state's EMA does not hold the trained params under their names: build the "
+            "state with init_state(..., trainable=<the step's trainable>, ema=True)"
+        )
 
 
 @contextlib.contextmanager
@@ -337,10 +396,10 @@ def _deterministic() -> Iterator[None]:
 
 
 def _mark_static(state: TrainState) -> None:
-    """Tell the compiler that params and optimizer state keep their addresses (they are updated
+    """Tell the compiler that params, optimizer state and EMA keep their addresses (they are updated
     in place), so CUDA graphs read them where they are instead of copying them in each replay.
     Tensors of a new state (a restored checkpoint) are marked when they first come."""
-    for tensor in tree.leaves((state.params, state.opt_state)):
+    for tensor in tree.leaves((state.params, state.opt_state, state.ema)):
         # The attribute mark_static_address sets: checking it costs far less than marking.
         if getattr(tensor, "_dynamo_static_input_type", None) is None:
             torch._dynamo.mark_static_address(tensor)
