@@ -20,10 +20,12 @@ from craft.models import cnn, mlp
 from craft.nn import (
     avg_pool2d,
     conv2d,
+    dropout,
     fold_in,
     global_avg_pool,
     init_conv2d,
     key,
+    linear,
     max_pool2d,
 )
 
@@ -261,3 +263,20 @@ def test_images_of_the_wrong_shape_are_refused(model: ModuleType, cfg: Any) -> N
         model.apply(params, torch.zeros(2, 1, 32, 32), cfg)
     with pytest.raises(ValueError, match="do not fit"):
         model.apply(params, torch.zeros(2, 28, 28), cfg)
+
+
+@pytest.mark.parametrize("cfg", [*CNN_CONFIGS, DROPOUT[0][1]], ids=[*IDS[:3], "dropout"])
+def test_cnn_logits_are_the_head_over_the_features(cfg: cnn.CNNConfig) -> None:
+    params = perturbed(cnn.init(cfg, seed=3))
+    x = images(cfg, b=5)
+    feats = cnn.features(params, x, cfg)
+    assert feats.shape == (5, cfg.hidden or cfg.features)
+    torch.testing.assert_close(cnn.apply(params, x, cfg), linear(params["head"], feats))
+    # With a key, apply drops from these very features at its second site (fold_in(key, 1)).
+    noisy = cnn.features(params, x, cfg, rng=key(5))
+    head_input = dropout(noisy, cfg.dropout, fold_in(key(5), 1))
+    torch.testing.assert_close(
+        cnn.apply(params, x, cfg, rng=key(5)), linear(params["head"], head_input)
+    )
+    if cfg.hidden and cfg.dropout:
+        assert not torch.allclose(noisy, feats)  # the first site's dropout is on

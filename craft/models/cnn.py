@@ -2,6 +2,7 @@
 
     params = init(cfg, seed=0)
     logits = apply(params, images, cfg)      # [B, C, H, W] (normalised floats) -> [B, classes]
+    feats = features(params, images, cfg)    # [B, F]: what the head sees (penultimate layer)
 
 Stages of `convs_per_stage` (conv, [group norm], ReLU), each ending in a 2x2 max pool, then a
 flatten (or global average), an optional hidden ReLU layer and a linear head; dropout sits before
@@ -119,11 +120,28 @@ def init(cfg: CNNConfig, *, seed: int) -> Params:
     return params
 
 
+def features(
+    params: Params, images: torch.Tensor, cfg: CNNConfig, *, rng: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The penultimate activations `[B, F]`: the hidden ReLU layer's output when `cfg.hidden`
+    (F = hidden), else what the head sees (F = `cfg.features`). `apply` is the head over
+    these, so the two never disagree; `rng` as in `apply`."""
+    return _features(params, images, cfg, _dropout_keys(rng, cfg))
+
+
 def apply(
     params: Params, images: torch.Tensor, cfg: CNNConfig, *, rng: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Logits `[B, classes]` for `images` `[B, C, H, W]`; `rng` (a key, or `[B]` keys, one per
     row) turns dropout on, so a row's masks depend only on its own key."""
+    keys = _dropout_keys(rng, cfg)
+    x = _features(params, images, cfg, keys)
+    return linear(params["head"], dropout(x, cfg.dropout, _site(keys, 1)))
+
+
+def _features(
+    params: Params, images: torch.Tensor, cfg: CNNConfig, keys: torch.Tensor | None
+) -> torch.Tensor:
     check_images(images, cfg.in_channels, cfg.image_size)
     x = images
     for index, layer in enumerate(params["convs"]):
@@ -137,10 +155,9 @@ def apply(
             x = max_pool2d(x, 2)
         x = F.relu(x)
     x = global_avg_pool(x) if cfg.head == "global_avg" else x.flatten(1)
-    keys = _dropout_keys(rng, cfg)
     if cfg.hidden:
         x = F.relu(linear(params["hidden"], dropout(x, cfg.dropout, _site(keys, 0))))
-    return linear(params["head"], dropout(x, cfg.dropout, _site(keys, 1)))
+    return x
 
 
 def param_count(cfg: CNNConfig) -> int:
