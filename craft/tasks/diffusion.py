@@ -78,14 +78,16 @@ class Diffusion(ImageTask):
     name = "diffusion"
     inputs = "noisy_images"
     config_names = ("ImageDataConfig", "DiffusionConfig")
-    final_splits = ("val", "test")
+    final_splits = ("val",)  # sample quality (evaluate) says more than a test-split loss
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.sampler = ImageSampler(
             self.diffusion, tuple(self.data.image_shape), len(self.data.class_names)
         )
-        self._tables: dict[torch.device, torch.Tensor] = {}
+        # ᾱ as the loss reads it; moved to the batch's device in the step (a no-op on the CPU).
+        # Not cached per device: a dict filled inside the compiled step recompiles it.
+        self.table = self.sampler.alphas_bar.float()
 
     @classmethod
     def own_configs(cls, raw: dict[str, Any]) -> dict[str, BaseModel]:
@@ -138,12 +140,6 @@ class Diffusion(ImageTask):
             )
         return cfg
 
-    def table(self, device: torch.device) -> torch.Tensor:
-        """ᾱ as float32 on `device` (cached: the step must not copy it every time)."""
-        if device not in self._tables:
-            self._tables[device] = self.sampler.alphas_bar.to(device=device, dtype=torch.float32)
-        return self._tables[device]
-
     def loss(
         self, apply: Apply, params: Params, batch: Batch, *, rng: torch.Tensor | None
     ) -> LossOut:
@@ -160,7 +156,7 @@ class Diffusion(ImageTask):
         if training and cfg.label_dropout > 0:
             dropped = uniform(fold_in(rng, _DROP), (rows,)) < cfg.label_dropout
             labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
-        x_t = q_sample(x0, t, noise, self.table(x0.device))
+        x_t = q_sample(x0, t, noise, self.table.to(x0.device))
         inputs = {"images": x_t, "t": t, "labels": labels}
         predicted = apply(params, inputs, rng=fold_in(rng, _MODEL) if training else None)
         loss = F.mse_loss(predicted.float(), noise)
