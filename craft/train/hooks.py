@@ -31,7 +31,8 @@ class RunInfo:
     task: Any = None
     """The run's Task (craft.tasks.base.Task)."""
     read_state: Callable[[], Any] | None = None
-    """The current TrainState, for hooks that read params (previews, checkpoints)."""
+    """The current TrainState as the model is used: its params are the EMA's when
+    TrainConfig.ema_decay is set (and a LoRA run's adapters merged), for previews."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Shared objects between built-in hooks (e.g. the trackers); not a stable API."""
 

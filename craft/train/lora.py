@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from craft import checkpoint, tree
+from craft import tree
 from craft.checkpoint import CheckpointError
 from craft.config import configurable
 from craft.errors import ConfigError
-from craft.models.spec import ModelSpec
 from craft.optim.masks import matches
 from craft.train.meta import CheckpointMeta
 from craft.tree import Params
@@ -167,21 +166,6 @@ def config_of(record: CheckpointMeta, path: Path | str = "the checkpoint") -> Lo
     except ValidationError as error:
         raise CheckpointError(f"{path}: its LoRAConfig is malformed: {error}") from None
     return cfg if cfg.rank > 0 else None
-
-
-def load_merged(path: Path, spec: ModelSpec, model_cfg: Any, cfg: LoRAConfig) -> Params:
-    """A LoRA run's checkpoint as plain params (for starting a run, generating, exporting).
-
-    As `craft.inference.load_for_inference`, the file is untrusted: call
-    `craft.train.meta.check_model(path, spec, model_cfg, prefix="params.base")` first; names
-    and shapes are then checked on the meta device before any tensor is read.
-    """
-    with torch.device("meta"):
-        like = spec.init(model_cfg, seed=0)
-    base, _ = checkpoint.load(path, like=like, prefix=f"params.{BASE}")
-    adapters, _ = checkpoint.load(path, like=shapes(like, cfg), prefix=f"params.{ADAPTERS}")
-    with torch.no_grad():
-        return merge(base, adapters, cfg)
 
 
 def _is_weight(name: str, leaf: torch.Tensor) -> bool:
