@@ -3,7 +3,7 @@
 Adding a model touches its own file, one line here and its gin file.
 """
 
-from craft.models import cnn, gpt, mlp, rnn
+from craft.models import cnn, gpt, mlp, rnn, unet
 from craft.models.spec import ModelSpec, lookup
 
 MODELS: dict[str, ModelSpec] = {
@@ -13,6 +13,7 @@ MODELS: dict[str, ModelSpec] = {
         rnn.SPEC,
         cnn.SPEC,
         mlp.SPEC,
+        unet.SPEC,
     )
 }
 
@@ -22,4 +23,4 @@ def model_spec(name: str, what: str = "TrainConfig.model") -> ModelSpec:
     return lookup(MODELS, name, what)
 
 
-__all__ = ["MODELS", "ModelSpec", "cnn", "gpt", "mlp", "model_spec", "rnn"]
+__all__ = ["MODELS", "ModelSpec", "cnn", "gpt", "mlp", "model_spec", "rnn", "unet"]

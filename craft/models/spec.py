@@ -17,8 +17,11 @@ from craft.config import unknown_name
 from craft.errors import ConfigError
 from craft.tree import Params
 
-Inputs = Literal["tokens", "images"]
-"""What `apply` takes: token ids `[B, T]` (int64) or images `[B, C, H, W]` (float)."""
+Inputs = Literal["tokens", "images", "noisy_images"]
+"""What `apply` takes: token ids `[B, T]` (int64), images `[B, C, H, W]` (float), or noisy
+images: a dict `{"images": x_t [B, C, H, W] (float), "t": timesteps in [0, T) [B] (int64),
+"labels": class ids in [0, num_classes] [B] (int64; the id num_classes means no label, the
+unconditional input of classifier-free guidance)}`."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class ModelSpec:
 
     - `init(cfg, *, seed) -> params`
     - `apply(params, inputs, cfg, *, rng=None) -> outputs` (logits: `[B, T, vocab]` for token
-      models, `[B, classes]` for classifiers); `rng` is a key, or one key per row, for dropout.
+      models, `[B, classes]` for classifiers; the predicted noise, shaped like the images, for
+      noise predictors); `rng` is a key, or one key per row, for dropout.
     - `param_count(cfg) -> int`, without building the params.
     - `flops_per_example(cfg, shape) -> float | None`: training FLOPs (forward and backward) for
       one example of `shape` (a token model: `(T,)`; an image model: `(C, H, W)`); None when
