@@ -111,7 +111,8 @@ def pick_evenly(
     fewer rows than its share gives all it has and the others share the rest evenly (MNIST's
     test split has 892 fives, so n = 10,000 is the whole split).
     """
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    # A copy: the splits are read-only memory maps, which torch warns about.
+    labels_t = torch.from_numpy(np.array(labels, dtype=np.int64))
     if len(labels_t) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels_t)} labels")
     if not 0 < n <= len(labels_t):
