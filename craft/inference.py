@@ -18,7 +18,6 @@ from craft.tasks.lm import tokenizer_beside
 from craft.train.weights import load_model
 from craft.tree import Params
 
-
 _COMMAND_FOR = {"diffusion": "sample to draw its images", "classify": "evaluate"}
 
 

@@ -144,7 +144,7 @@ def test_sample_writes_a_grid_and_tensors(trained: Path, tmp_path: Path) -> None
     saved = load_file(output.with_suffix(".safetensors"))
     assert saved["images"].shape == (12, 1, 28, 28)
     assert saved["labels"].tolist() == [i % 10 for i in range(12)]
-    assert 0.0 <= float(saved["images"].min()) and float(saved["images"].max()) <= 1.0
+    assert float(saved["images"].min()) >= 0.0 and float(saved["images"].max()) <= 1.0
     again = tmp_path / "again.png"
     assert main([*args[:-1], f"--output={again}"]) == 0  # the same seed: the same images
     assert torch.equal(load_file(again.with_suffix(".safetensors"))["images"], saved["images"])
@@ -177,7 +177,7 @@ def test_bad_sample_flags_name_the_problem(
 ) -> None:  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)
-        code, out, err = run_main(["sample", f"--checkpoint={_checkpoint(trained, 4)}", *flags],
+        code, _, err = run_main(["sample", f"--checkpoint={_checkpoint(trained, 4)}", *flags],
                                   capsys)  # fmt: skip
     assert code != 0 and message in err, err
     assert not list(tmp_path.glob("*.png"))  # nothing written
