@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import craft.launch  # noqa: E402, F401  (registers every configurable the gin files bind)
 from benchmarks.baseline_unet import baseline_unet  # noqa: E402
+from benchmarks.conventional import torch_adamw  # noqa: E402
 from craft import config  # noqa: E402
 from craft.optim import AdamW, Schedule  # noqa: E402
 from craft.tasks import Diffusion  # noqa: E402
@@ -61,16 +62,7 @@ def conventional_train(setup: Setup, task: Diffusion) -> tuple[dict[str, Any], A
     train, adamw, schedule = setup.train, setup.optimizer, setup.schedule
     assert isinstance(adamw, AdamW) and isinstance(schedule, Schedule)
     model = baseline_unet(setup.spec.init(setup.model_cfg, seed=setup.seed), setup.model_cfg)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": adamw.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=schedule.peak_lr, betas=(adamw.beta1, adamw.beta2), eps=adamw.eps,
-    )  # fmt: skip
-    lr_of = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: float(schedule(step)) / schedule.peak_lr
-    )
+    optimizer, lr_of = torch_adamw(model, adamw, schedule)
     decay_rate = train.ema_decay or 0.999
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay_rate)

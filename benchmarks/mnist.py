@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import craft.launch  # noqa: E402, F401  (registers every configurable the gin files bind)
 from benchmarks.baseline_cnn import baseline_cnn  # noqa: E402
+from benchmarks.conventional import torch_adamw  # noqa: E402
 from craft import config  # noqa: E402
 from craft.optim import AdamW, Schedule  # noqa: E402
 from craft.tasks import Classification  # noqa: E402
@@ -87,16 +88,7 @@ def conventional_run(configs: dict[str, Any], eval_every: int, compile_model: bo
     assert isinstance(adamw, AdamW) and isinstance(schedule, Schedule)
     torch.manual_seed(0)
     model = baseline_cnn(setup.spec.init(setup.model_cfg, seed=0), setup.model_cfg)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": adamw.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=schedule.peak_lr, betas=(adamw.beta1, adamw.beta2), eps=adamw.eps,
-    )  # fmt: skip
-    lr_of = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: float(schedule(step)) / schedule.peak_lr
-    )
+    optimizer, lr_of = torch_adamw(model, adamw, schedule)
     images, labels = task.data.split("train")
     dataset = torch.utils.data.TensorDataset(
         torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels, dtype=np.int64))
