@@ -244,3 +244,35 @@ def test_bad_evaluate_flags_name_the_problem(
             f"--data_dir={trained / 'data'}", *flags]  # fmt: skip
     code, _, err = run_main(args, capsys)
     assert code == 2 and message in err, err
+
+
+def test_a_classifier_checkpoint_given_to_sample_points_to_evaluate(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data").symlink_to(trained / "data")
+    (tmp_path / "digits.gin").write_text(CLASSIFIER)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert main(["--gin_file=digits.gin"]) == 0
+        [run_dir] = (tmp_path / "outputs/experiments/digits").glob("*/*")
+        code, _, err = run_main(["sample", f"--checkpoint={run_dir}"], capsys)
+    assert code == 2 and "sample draws images from a diffusion checkpoint" in err
+    assert "trained for the 'classify' task; use evaluate (a classifier)" in err
+
+
+CLASSIFIER = """
+include 'mnist.gin'
+RunConfig.name = 'digits'
+ImageDataConfig.val_size = 100
+CNNConfig.channels = (4,)
+CNNConfig.hidden = 0
+TrainConfig.steps = 2
+TrainConfig.batch_size = 16
+TrainConfig.compile = False
+TrainConfig.eval_every = 0
+TrainConfig.checkpoint_every = 0
+TrainConfig.sample_every = 0
+Schedule.warmup_steps = 1
+MetricsConfig.progress_bar = False
+MetricsConfig.wandb = 'disabled'
+"""
