@@ -18,7 +18,12 @@ from craft.tasks.lm import tokenizer_beside
 from craft.train.weights import load_model
 from craft.tree import Params
 
-_COMMAND_FOR = {"diffusion": "sample to draw its images", "classify": "evaluate"}
+COMMAND_FOR = {
+    "lm": "generate (text)",
+    "classify": "evaluate (a classifier)",
+    "diffusion": "sample to draw its images",
+}
+"""The command that uses a checkpoint of each task, for messages that redirect the user."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class Loaded:
     def tokenizer(self) -> Tokenizer:
         """A text model's tokenizer: a plain file name beside the checkpoint."""
         if self.spec.inputs != "tokens":
-            hint = _COMMAND_FOR.get(self.task_name)
+            hint = COMMAND_FOR.get(self.task_name)
             raise ConfigError(
                 f"{self.path} holds a {self.spec.name!r} model trained for the "
                 f"{self.task_name!r} task, which takes no text" + (f"; use {hint}" if hint else "")

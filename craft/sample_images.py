@@ -11,18 +11,16 @@ from safetensors.torch import save_file
 
 from craft import tree
 from craft.errors import ConfigError
-from craft.inference import Loaded
+from craft.inference import COMMAND_FOR, Loaded
 from craft.tasks.diffusion import ImageSampler, cycled_labels
 from craft.tasks.diffusion_previews import write_grid
 from craft.tasks.noise import to_unit_range
-
-_OTHER_COMMAND = {"lm": "generate (text)", "classify": "evaluate (a classifier)"}
 
 
 def diffusion_sampler(loaded: Loaded, command: str) -> ImageSampler:
     """The sampler of a diffusion checkpoint; a clear refusal for any other kind."""
     if loaded.task_name != "diffusion":
-        other = _OTHER_COMMAND.get(loaded.task_name)
+        other = COMMAND_FOR.get(loaded.task_name)
         raise ConfigError(
             f"{command} draws images from a diffusion checkpoint, but {loaded.path} holds a "
             f"{loaded.model_name!r} model trained for the {loaded.task_name!r} task"

@@ -218,11 +218,15 @@ def make_train_step(
         if ema_decay is not None:  # the whole EMA, once the params are whole again
             update_ema_c = maybe_compile(update_ema)
 
+    checked: dict[str, Params] = {}  # the last EMA tree checked against the trained params
+
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if not batch:
             raise ValueError("the batch is empty: give a dict of tensors split along dim 0")
         trained = select(state.params, trainable)
-        _check_ema(state, trained, ema_decay)
+        if checked.get("ema") is not state.ema:  # once per state, not every step
+            _check_ema(state, trained, ema_decay)
+            checked["ema"] = state.ema
         params = tree.leaves(trained)
         for p in params:  # gradients are recorded only inside the step, for trained params
             p.requires_grad_(True)
