@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from craft import config, distributed
 from craft import resume as resuming
+from craft.errors import ConfigError
 from craft.resume import Resumption
 from craft.runs import RunConfig, create_run_dir, write_effective_config
-from craft.summaries import print_summary
+from craft.summaries import print_summary, write_summary
 from craft.tasks import TASKS
 from craft.tracking import MetricsConfig, TrackingHook, make_trackers
 from craft.train.config import TrainConfig
@@ -25,12 +26,18 @@ from craft.train.stop import StopSignal
 
 
 def train(
-    configs: dict[str, BaseModel], resume: str | None = None, *, resume_with_changes: bool = False
-) -> dict[str, Any]:
-    """Train the configured task; returns the summary (its "status" says how it ended).
+    configs: dict[str, BaseModel], resume: str | None = None, *,
+    resume_with_changes: bool = False, run_dir: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train the configured task; returns the summary (its "status" says how it ended), also
+    written as `summary.json` in the run folder.
 
     `resume`: `latest`, a checkpoint file or a folder; see `craft.resume` for what is checked.
+    `run_dir`: the folder of a new run (it must be new or empty); default: a fresh
+    `<output_dir>/<name>/<date>/<time>/`.
     """
+    if run_dir is not None:
+        check_new_run_dir(run_dir)
     run_cfg, train_cfg = _get(configs, RunConfig), _get(configs, TrainConfig)
     world = distributed.world_from_env()
     resumption = None
@@ -46,12 +53,15 @@ def train(
     # Held for the whole run: a SIGTERM while the data is prepared, or while a stopped run saves
     # and reports, is noted instead of killing the process midway.
     with StopSignal() as stop:
-        return _train(configs, world, resumption, stop, resume_with_changes=resume_with_changes)
+        return _train(
+            configs, world, resumption, stop, resume_with_changes=resume_with_changes,
+            run_dir=run_dir,
+        )  # fmt: skip
 
 
 def _train(
     configs: dict[str, BaseModel], world: distributed.World, resumption: Resumption | None,
-    stop: StopSignal, *, resume_with_changes: bool,
+    stop: StopSignal, *, resume_with_changes: bool, run_dir: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
     run_cfg, train_cfg = _get(configs, RunConfig), _get(configs, TrainConfig)
     task_cls = TASKS[run_cfg.task]
@@ -75,7 +85,7 @@ def _train(
             if resumption is not None
             else []
         )
-        run_dir = _run_dir(run_cfg, world, resumption)
+        run_dir = _run_dir(run_cfg, world, resumption, run_dir)
         hooks: list[Hook] = []
         if world.main:
             print(report)
@@ -93,6 +103,7 @@ def _train(
         resume_path = resumption.path if resumption is not None else None
         summary = fit(setup, run_dir, hooks=hooks, resume=resume_path, world=world, stop=stop)
         if world.main:
+            write_summary(run_dir, summary)
             print_summary(summary)
         finished = summary["status"] == "finished"
         return summary
@@ -100,12 +111,19 @@ def _train(
         distributed.shutdown(wait=finished)
 
 
-def _run_dir(run_cfg: RunConfig, world: distributed.World, resumption: Resumption | None) -> Path:
-    """The run folder: the checkpoint's own when resuming one kept in a run folder, else new."""
+def _run_dir(
+    run_cfg: RunConfig, world: distributed.World, resumption: Resumption | None,
+    given: Path | None,
+) -> Path:  # fmt: skip
+    """The run folder: the checkpoint's own when resuming one kept in a run folder, else the
+    one given, else new."""
     if resumption is not None and resumption.run_dir is not None:
         return resumption.run_dir
     if not world.main:  # other ranks write nothing: a name for messages only
         return Path(run_cfg.output_dir) / run_cfg.name / f"rank-{world.rank}"
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        return given
     run_dir = create_run_dir(run_cfg)
     if resumption is not None:
         print(
@@ -130,6 +148,15 @@ def _record_config(
         print(
             f"craft: config changed at step {resumption.meta.step} (recorded in {segment.name}):"
             + "".join(f"\n  {line}" for line in changes)
+        )
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A folder a new run may be written into: absent, or an empty folder."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ConfigError(
+            f"--run_dir={run_dir} already holds files: give a new folder, or continue the run "
+            f"that is there with --resume={run_dir}"
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import fire
 from pydantic import BaseModel
 
-from craft import config, launch
+from craft import config, launch, sweeps
 from craft.checkpoint import resolve as resolve_checkpoint
 from craft.config import ModelT
 from craft.data.config import DataConfig, TokenizerConfig
@@ -29,6 +29,7 @@ from craft.inference import load_for_inference
 from craft.models import model_spec
 from craft.sample_images import check_options, device_for_sampling, sample_to_files
 from craft.sample_scores import score_samples
+from craft.sweeps.report import write_report
 from craft.tasks.diffusion import Diffusion
 from craft.tasks.lm import report
 from craft.tracking import plot_run
@@ -44,25 +45,40 @@ class Commands:
     configure.
     """
 
-    def __init__(self, gin_files: Sequence[str], gin_params: Sequence[str]):
+    def __init__(
+        self, gin_files: Sequence[str], gin_params: Sequence[str],
+        repeated: dict[str, list[str]] | None = None,
+    ):  # fmt: skip
         self._gin_files = list(gin_files)
         self._gin_params = list(gin_params)
+        self._repeated = repeated or {}
         self.exit_code = 0
 
-    def run(self, resume: str | None = None, resume_with_changes: bool = False) -> None:
-        """Train what the gin files configure (RunConfig.task: lm, classify): data, model,
-        checkpoints, metrics, previews.
+    def run(
+        self, resume: str | None = None, resume_with_changes: bool = False,
+        run_dir: str | None = None,
+    ) -> None:  # fmt: skip
+        """Train what the gin files configure (RunConfig.task: lm, classify, diffusion): data,
+        model, checkpoints, metrics, previews.
 
         --resume=latest continues this experiment's newest run; --resume=PATH continues from a
         checkpoint file or run folder. The run goes on in the folder it came from. A config
         that changes what the run computes (batch size, lr, schedule, seed, model) is refused
-        unless --resume_with_changes is given.
+        unless --resume_with_changes is given. --run_dir=DIR: write the run into exactly this
+        new (or empty) folder instead of <output_dir>/<name>/<date>/<time>/.
         """
         if resume is not None:
             resume = _path_flag("resume", resume, "latest, a checkpoint file or a run folder")
+        if run_dir is not None:
+            run_dir = _path_flag("run_dir", run_dir, "a new folder for the run")
+            if resume is not None:
+                raise ConfigError("--run_dir is for a new run; a resumed run goes on in its own")
         if not isinstance(resume_with_changes, bool):
             raise ConfigError("--resume_with_changes takes no value")
-        summary = launch.train(self._configs(), resume, resume_with_changes=resume_with_changes)
+        summary = launch.train(
+            self._configs(), resume, resume_with_changes=resume_with_changes,
+            run_dir=Path(run_dir) if run_dir is not None else None,
+        )  # fmt: skip
         self.exit_code = EXIT_CODES.get(summary["status"], 0)
 
     train = run
@@ -190,6 +206,36 @@ class Commands:
         path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
         output = _path_flag("output", output, "a folder for the Hugging Face files")
         print(export_checkpoint(path, Path(output)))
+
+    def sweep(
+        self, random: int | None = None, parallel: int = sweeps.DEFAULT_PARALLEL,
+        name: str | None = None, resume: str | None = None, seed: int = 0,
+        output_dir: str = "outputs/sweeps",
+    ) -> None:  # fmt: skip
+        """Run many configurations of the gin files, each an ordinary run, and report them.
+
+        --grid="Name.field=v1,v2" (repeatable): every combination of the values; --random=N
+        with --range="Name.field=loguniform(a,b)" (or uniform, int, choice; repeatable): N
+        seeded draws (--seed), crossed with the grid. --parallel=K runs K at once, the CPU
+        threads split between them. Runs go to <output_dir>/<name>/<date>/<time>/<run>/ (name:
+        --name, else RunConfig.name). Every run's config is validated before the first starts.
+        --resume=latest (or a sweep folder) runs what is not finished and skips the rest. At
+        the end: summary.md, summary.csv and curves.png in the sweep folder (see `report`).
+        """
+        result = sweeps.sweep(
+            self._gin_files, self._gin_params, grid=self._repeated.get("grid", []),
+            ranges=self._repeated.get("range", []), draws=random, parallel=parallel,
+            name=name, resume=resume, seed=seed, output_dir=output_dir,
+        )  # fmt: skip
+        if any(run.status == "interrupted" for run in result.manifest.runs):
+            self.exit_code = 130
+        elif result.failed:
+            self.exit_code = 1
+
+    def report(self, sweep: str) -> None:
+        """Write summary.md, summary.csv and curves.png for a sweep folder (--sweep=DIR)."""
+        for path in write_report(Path(_path_flag("sweep", sweep, "a sweep folder"))):
+            print(path)
 
     def plot(self, run: str) -> None:
         """Write loss.png (train and val loss, lr) for a run folder from its metrics.jsonl."""
@@ -348,12 +394,40 @@ def _get(configs: dict[str, BaseModel], kind: type[ModelT]) -> ModelT:
     return found
 
 
-def _check_flags(args: Sequence[str]) -> None:
+REPEATABLE = {"sweep": ("grid", "range")}
+"""Flags a command takes several times; fire would keep only the last, so they are taken out
+of the arguments first and handed to the command as lists."""
+
+
+def _take_repeated(args: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """(the other arguments, {flag: values}) for the command's repeatable flags."""
+    names = REPEATABLE.get(args[0], ()) if args else ()
+    found: dict[str, list[str]] = {name: [] for name in names}
+    rest, i = [args[0]] if args else [], 1
+    while i < len(args):
+        arg = args[i]
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if name in found:
+            if "=" in arg:
+                found[name].append(arg.split("=", 1)[1])
+            elif i + 1 < len(args):
+                found[name].append(args[i + 1])
+                i += 1
+            else:
+                raise ConfigError(f"--{name} needs a value")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, found
+
+
+def _check_flags(args: Sequence[str], repeated: dict[str, list[str]] | None = None) -> None:
     """Refuse flags the command does not take, before it runs (fire would run it first)."""
     method = getattr(Commands, args[0], None) if args and not args[0].startswith("_") else None
     if method is None:
         return  # not a command: fire prints its usage message
     accepted = [name for name in inspect.signature(method).parameters if name != "self"]
+    accepted += list(repeated or {})
     for arg in args[1:]:
         if arg == "--":
             return
@@ -374,9 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         gin_files, gin_params, rest = config.split_gin_flags(args)
         if not rest or (rest[0].startswith("-") and rest[0] not in ("-h", "--help")):
             rest = ["run", *rest]
-        _check_flags(rest)
+        rest, repeated = _take_repeated(rest)
+        _check_flags(rest, repeated)
         config.parse(gin_files, gin_params)
-        commands = Commands(gin_files, gin_params)
+        commands = Commands(gin_files, gin_params, repeated)
         fire.Fire(commands, command=rest, name="craft.main")
     except CraftError as error:
         print(f"craft: error: {error}", file=sys.stderr)

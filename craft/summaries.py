@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Any
+
+SUMMARY_FILE = "summary.json"
 
 _PERCENT = ("accuracy",)
 _COUNTS = ("tokens", "images")
@@ -28,6 +33,24 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def print_summary(summary: dict[str, Any]) -> None:
     print(format_summary(summary))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """`<run_dir>/summary.json`: how the run ended and its final metrics (non-finite numbers as
+    null), for sweeps and scripts."""
+    path = Path(run_dir) / SUMMARY_FILE
+    path.write_text(json.dumps(_finite(summary), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _metric(name: str, value: float) -> str:

@@ -18,6 +18,8 @@ class MetricsConfig(BaseModel):
     wandb: Literal["offline", "online", "disabled"] | None = None
     """W&B mode; None: the WANDB_MODE environment variable when set, else "offline"."""
     wandb_project: str = "craft"
+    wandb_group: str | None = Field(None, min_length=1)
+    """A W&B run group (a sweep sets it, so its runs are grouped); None: no group."""
     log_every: int = Field(1, gt=0)
     """Steps between metrics.jsonl rows (the last step is always logged)."""
     wandb_every: int = Field(10, gt=0)

@@ -35,6 +35,7 @@ def make_trackers(
                 project=cfg.wandb_project,
                 config=configs,
                 every=math.lcm(cfg.log_every, cfg.wandb_every),
+                group=cfg.wandb_group,
             )
         )
     return Trackers([*trackers, *extra])

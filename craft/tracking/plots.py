@@ -19,22 +19,22 @@ def plot_run(run_dir: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     run_dir = Path(run_dir)
-    rows = _latest_per_step(read_metrics(run_dir))
+    rows = latest_per_step(read_metrics(run_dir))
     train = [row for row in rows if "train/loss" in row]
     if not train:
         raise DataError(f"{run_dir / METRICS_FILE} has no train rows: the run logged no step")
     fig = Figure(figsize=(8, 6), layout="constrained")
     FigureCanvasAgg(fig)
     loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    loss_ax.plot(*_series(train, "train/loss"), label="train loss")
-    val = _series(rows, "val/loss")
+    loss_ax.plot(*series(train, "train/loss"), label="train loss")
+    val = series(rows, "val/loss")
     if val[0]:
         loss_ax.plot(*val, marker="o", label="val loss")
     loss_ax.set_ylabel("loss")
     loss_ax.legend()
     loss_ax.grid(alpha=0.3)
     loss_ax.set_title("/".join(run_dir.resolve().parts[-3:]))
-    lr_ax.plot(*_series(train, "train/lr"), color="tab:green")
+    lr_ax.plot(*series(train, "train/lr"), color="tab:green")
     lr_ax.set_xlabel("step")
     lr_ax.set_ylabel("learning rate")
     lr_ax.grid(alpha=0.3)
@@ -43,7 +43,7 @@ def plot_run(run_dir: str | Path) -> Path:
     return out
 
 
-def _latest_per_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def latest_per_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One merged row per step, sorted; a later value wins. A run resumed from an older
     checkpoint logs some steps again, and the later rows are the ones that count."""
     merged: dict[int, dict[str, Any]] = {}
@@ -53,6 +53,6 @@ def _latest_per_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [merged[step] for step in sorted(merged)]
 
 
-def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
     return [p[0] for p in points], [p[1] for p in points]

@@ -20,9 +20,11 @@ class WandbTracker(Tracker):
     """Logs to a W&B run in `run_dir` (resumed when the folder already has one)."""
 
     def __init__(
-        self, run_dir: Path, *, mode: str, project: str, config: dict[str, Any], every: int = 10
-    ):
+        self, run_dir: Path, *, mode: str, project: str, config: dict[str, Any], every: int = 10,
+        group: str | None = None,
+    ):  # fmt: skip
         self.run_dir, self.mode, self.project, self.config = Path(run_dir), mode, project, config
+        self.group = group
         self.every = every
         self._run: Any = None
         self._samples: dict[str, list[list[Any]]] = {}  # W&B tables are replaced, not appended
@@ -47,6 +49,7 @@ class WandbTracker(Tracker):
                 id_file.write_text(run_id + "\n", encoding="utf-8")
             self._run = wandb.init(
                 project=self.project,
+                group=self.group,
                 name="/".join(self.run_dir.resolve().parts[-3:]),
                 dir=str(self.run_dir),
                 mode=self.mode,  # type: ignore[arg-type]

@@ -1,0 +1,213 @@
+"""Running a sweep: every run validated first, then each one an ordinary `craft.main run` in
+its own process, `parallel` at a time with the CPU threads split between them.
+
+A sweep lives in `<output_dir>/<name>/<YYYY-MM-DD>/<HH-MM-SS>/`: `sweep.json` (the manifest),
+one folder per run (an ordinary run folder: config.gin, checkpoints, logs, summary.json) and
+`logs/<run>.log` (the run's own output). A run that crashes or diverges is marked failed and
+the others go on; `--resume` runs what is not finished, continuing from checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from craft import config
+from craft.checkpoint import list_checkpoints
+from craft.errors import ConfigError
+from craft.runs import RunConfig, create_run_dir
+from craft.sweeps.manifest import Manifest, SweepRun, run_label
+
+ERROR_LINES = 15
+"""How much of a failed run's output the manifest and the sweep's message keep."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    sweep_dir: Path
+    manifest: Manifest
+
+    @property
+    def failed(self) -> list[SweepRun]:
+        return [run for run in self.manifest.runs if run.status != "finished"]
+
+
+def plan(
+    name: str, gin_files: list[str], gin_params: list[str], bindings: list[dict[str, str]],
+    flags: dict[str, object],
+) -> Manifest:  # fmt: skip
+    """The manifest of a new sweep: a labelled run per set of bindings."""
+    width = len(str(len(bindings) - 1))
+    runs = [SweepRun(run_label(i, b, width), b) for i, b in enumerate(bindings)]
+    return Manifest(name, list(gin_files), list(gin_params), flags, runs)
+
+
+def validate(manifest: Manifest) -> None:
+    """Parse and validate every run's config as a single run would, before any starts: one bad
+    name or value fails the whole sweep with the run's own message."""
+    problems = []
+    for run in manifest.runs:
+        try:
+            config.parse(manifest.gin_files, [*manifest.gin_params, *_flags(run)])
+            config.build_all()
+        except ConfigError as error:
+            problems.append(f"run {run.label}: {error}")
+    config.reset()
+    if problems:
+        # The same mistake in every run reads once.
+        first = problems[0].split(": ", 1)[1]
+        if all(p.split(": ", 1)[1] == first for p in problems):
+            raise ConfigError(f"every run of the sweep: {first}")
+        raise ConfigError("\n".join(problems))
+
+
+def new_sweep_dir(output_dir: str, name: str) -> Path:
+    """`<output_dir>/<name>/<date>/<time>/`, made fresh (as a run folder is)."""
+    return create_run_dir(RunConfig(name=name, output_dir=output_dir), dt.datetime.now())
+
+
+def latest_sweep(output_dir: str, name: str) -> Path:
+    """The newest sweep folder of `name` that holds a manifest."""
+    base = Path(output_dir) / name
+    found = sorted(p.parent for p in base.glob("*/*/sweep.json"))
+    if not found:
+        raise ConfigError(f"--resume=latest: no sweep named {name!r} in {base}")
+    return found[-1]
+
+
+def execute(
+    manifest: Manifest, sweep_dir: Path, *, parallel: int, group: str,
+    say: Callable[[str], None] = print, cpus: int | None = None,
+) -> SweepResult:  # fmt: skip
+    """Run every unfinished run, `parallel` at a time; returns when all have ended.
+
+    A Ctrl-C reaches the runs too (one process group): each saves a checkpoint and the sweep
+    marks it interrupted, so `--resume` continues it.
+    """
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"--parallel must be a whole number >= 1, got {parallel!r}")
+    todo = [run for run in manifest.runs if not _finished(run, sweep_dir)]
+    skipped = len(manifest.runs) - len(todo)
+    threads = max(1, (cpus or _cpu_count()) // min(parallel, max(len(todo), 1)))
+    say(
+        f"sweep {sweep_dir}: {len(manifest.runs)} runs"
+        + (f", {skipped} already finished" if skipped else "")
+        + f"; {parallel} at a time, {threads} CPU thread{'s' * (threads > 1)} each"
+    )
+    (sweep_dir / "logs").mkdir(exist_ok=True)
+    lock = threading.Lock()
+    queue = list(todo)
+    done = [skipped]
+    stopping = threading.Event()
+
+    def worker() -> None:
+        while not stopping.is_set():
+            with lock:
+                if not queue:
+                    return
+                run = queue.pop(0)
+                run.status = "running"
+                manifest.save(sweep_dir)
+            _run_one(manifest, run, sweep_dir, threads=threads, group=group)
+            with lock:
+                done[0] += 1
+                manifest.save(sweep_dir)
+                say(_outcome(run, done[0], len(manifest.runs), sweep_dir))
+                if run.status == "interrupted":
+                    stopping.set()
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
+    for thread in workers:
+        thread.start()
+    try:
+        for thread in workers:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        stopping.set()
+        for thread in workers:  # the runs got the Ctrl-C too: let them save and end
+            thread.join()
+        raise
+    finally:
+        for run in manifest.runs:  # a run that never started stays pending
+            if run.status == "running":
+                run.status = "interrupted"
+        manifest.save(sweep_dir)
+    return SweepResult(sweep_dir, manifest)
+
+
+def _run_one(manifest: Manifest, run: SweepRun, sweep_dir: Path, *, threads: int,
+             group: str) -> None:  # fmt: skip
+    """One run in its own process: continued from its checkpoint when it has one."""
+    run_dir = sweep_dir / run.label
+    resume = run_dir.is_dir() and bool(list_checkpoints(run_dir / "checkpoints"))
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # stopped before its first checkpoint: start it again
+    command = [
+        sys.executable, "-m", "craft.main", "run",
+        f"--resume={run_dir}" if resume else f"--run_dir={run_dir}",
+        *[f"--gin_file={f}" for f in manifest.gin_files],
+        *[f"--gin_param={p}" for p in manifest.gin_params],
+        *_flags(run),
+        f"--gin.MetricsConfig.wandb_group={group!r}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}  # fmt: skip
+    log_path = sweep_dir / "logs" / f"{run.label}.log"
+    started = time.perf_counter()
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try:
+                code = process.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # the run saw the Ctrl-C too; wait for its clean save
+    run.exit_code = code
+    run.seconds = round((run.seconds or 0.0) + time.perf_counter() - started, 1)
+    if code == 0:
+        run.status, run.error = "finished", None
+    elif code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
+        run.status, run.error = "interrupted", None
+    else:
+        run.status = "failed"
+        run.error = _tail(log_path)
+
+
+def _finished(run: SweepRun, sweep_dir: Path) -> bool:
+    return run.status == "finished" and (sweep_dir / run.label / "summary.json").is_file()
+
+
+def _flags(run: SweepRun) -> list[str]:
+    return [f"--gin.{key}={value}" for key, value in run.bindings.items()]
+
+
+def _outcome(run: SweepRun, done: int, total: int, sweep_dir: Path) -> str:
+    line = f"sweep: [{done}/{total}] {run.label} {run.status} in {run.seconds:.0f} s"
+    if run.status == "failed" and run.error:
+        last = run.error.strip().splitlines()[-1]
+        line += f" (exit {run.exit_code}: {last}; log: {sweep_dir / 'logs' / run.label}.log)"
+    return line
+
+
+def _tail(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-ERROR_LINES:])
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
