@@ -8,7 +8,7 @@
 set -u
 OUT=${OUT:-/tmp/craft-gpu}
 BUDGET_S=${BUDGET_S:-540}
-PARTS=${PARTS:-all}  # or some of: decode step-10m step-124m-b12 tests step-124m-b32 diffusion
+PARTS=${PARTS:-all}  # or some of: decode step-10m step-124m-b12 tests step-124m-b32 diffusion chatgot
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
@@ -54,4 +54,7 @@ part diffusion 2200 bash -c 'python3 -m craft.main fetch mnist &&
         --gin.RunConfig.output_dir="'"$OUT"'/runs" --gin.MetricsConfig.progress_bar=False &&
     python3 -m craft.main evaluate --checkpoint="$(ls -d '"$OUT"'/runs/mnist_diffusion_gpu/*/* | tail -1)" &&
     cp "$(ls -d '"$OUT"'/runs/mnist_diffusion_gpu/*/* | tail -1)/samples.png" '"$OUT"'/diffusion_samples.png'
+# The ChatGOT suite's GPU rows (experiments/chatgot/gpu_rows.sh): results come back as
+# chatgot.tar.gz. Needs the GOT data prepared in data/ (carried: nothing can be fetched there).
+part chatgot 900 bash experiments/chatgot/gpu_rows.sh "$OUT"
 echo "== done in $(($(date +%s) - started))s"

@@ -202,14 +202,24 @@ def prune(directory: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints and the best by val loss."""
     checkpoints = list_checkpoints(directory)
     keep = set(checkpoints[-keep_last:]) if keep_last > 0 else set()
-    losses = {p: _val_loss(p) for p in checkpoints}
-    scored = {p: loss for p, loss in losses.items() if loss is not None}
-    if scored:
-        keep.add(min(scored, key=scored.__getitem__))
+    best = best_checkpoint(directory)
+    if best is not None:
+        keep.add(best)
     removed = [p for p in checkpoints if p not in keep]
     for p in removed:
         p.unlink()
     return removed
+
+
+def best_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint in `directory` (a checkpoints folder or a run folder) with the lowest
+    recorded val loss (the earliest of equals); None when none records one."""
+    directory = Path(directory)
+    if (directory / "checkpoints").is_dir():
+        directory = directory / "checkpoints"
+    losses = {p: _val_loss(p) for p in list_checkpoints(directory)}
+    scored = {p: loss for p, loss in losses.items() if loss is not None}
+    return min(scored, key=scored.__getitem__) if scored else None
 
 
 def _val_loss(path: Path) -> float | None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import fire
+import torch
 from pydantic import BaseModel
 
 from craft import config, launch, sweeps
@@ -35,6 +36,7 @@ from craft.tasks.lm import report
 from craft.tracking import plot_run
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
+from craft.tree import tree_map
 
 
 class Commands:
@@ -87,6 +89,7 @@ class Commands:
         self, checkpoint: str, split: str = "val", data_dir: str | None = None,
         batch_size: int = 64, num_samples: int | None = None, steps: int | None = None,
         guidance: float | None = None, sampler: str | None = None, seed: int = 0,
+        device: str = "auto",
     ) -> None:  # fmt: skip
         """The task's metrics over a whole split, as JSON (lm: loss, perplexity, bits per token
         and character; classify: loss, accuracy; diffusion: loss, and the quality of samples
@@ -94,8 +97,9 @@ class Commands:
 
         --checkpoint: a checkpoint file or a run folder (its newest checkpoint); --split:
         train, val or test; --data_dir: where the data lives (default: data/), or a prepared
-        text folder itself. Diffusion only: --num_samples (default 1,000 on a CPU, 10,000 on a
-        GPU), --steps, --guidance, --sampler (default: the run's DiffusionConfig), --seed.
+        text folder itself; --device: auto (a GPU when there is one), cpu or cuda. Diffusion
+        only: --num_samples (default 1,000 on a CPU, 10,000 on a GPU), --steps, --guidance,
+        --sampler (default: the run's DiffusionConfig), --seed.
         """
         if batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
@@ -112,11 +116,15 @@ class Commands:
         task = loaded.task(data_dir)
         if isinstance(task, Diffusion):  # before the loss: a bad flag fails at once
             check_options(task.sampler, steps=steps, guidance=guidance, kind=sampler)
-        results = evaluate(task, loaded.loss_fn(task), loaded.params, split, batch_size=batch_size)
+        where = _device_flag(device)
+        results = evaluate(
+            task, loaded.loss_fn(task), tree_map(lambda leaf: leaf.to(where), loaded.params),
+            split, batch_size=batch_size, device=where,
+        )  # fmt: skip
         if isinstance(task, Diffusion):
             scores = score_samples(
                 loaded, task, num_samples=num_samples, steps=steps, guidance=guidance,
-                sampler=sampler, seed=seed, batch_size=500, device=device_for_sampling(),
+                sampler=sampler, seed=seed, batch_size=500, device=where,
             )  # fmt: skip
             results.update(scores)
         print(json.dumps({"checkpoint": str(path), "task": task.name, "split": split, **results}))
@@ -132,8 +140,10 @@ class Commands:
         seed: int = 0,
         num_samples: int = 1,
         compile: bool = False,
+        device: str = "cpu",
     ) -> None:
-        """Stream text from a checkpoint (KV-cache decoding for the GPT)."""
+        """Stream text from a checkpoint (KV-cache decoding for the GPT); --device: cpu (the
+        default: a small model decodes one token at a time fastest there), cuda or auto."""
         sampling = SamplingConfig.checked(
             temperature=temperature, top_k=top_k, top_p=top_p,
             max_new_tokens=max_new_tokens, seed=seed,
@@ -152,7 +162,7 @@ class Commands:
             generate_text(
                 loaded.model_name, loaded.params, loaded.model_cfg, tokenizer, prompt,
                 sampling.model_copy(update={"seed": seed + index}), stream=sys.stdout,
-                compile=compile,
+                compile=compile, device=_device_flag(device),
             )  # fmt: skip
             print()
 
@@ -347,6 +357,17 @@ def _path_flag(flag: str, value: object, what: str) -> str:
         f"--{flag}={value!r} is not a path: give {what} (for a folder named {value}, write "
         f"--{flag}=./{value})"
     )
+
+
+def _device_flag(device: object) -> torch.device:
+    """--device: auto (CUDA when available), cpu or cuda."""
+    if device == "auto":
+        return device_for_sampling()
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda: no CUDA device is available here")
+    return torch.device(str(device))
 
 
 _SHORT = {"vocab_size": "vocab", "num_classes": "classes"}
