@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from craft import config
@@ -27,9 +28,10 @@ __all__ = ["DEFAULT_PARALLEL", "SweepResult", "sweep"]
 def sweep(
     gin_files: list[str], gin_params: list[str], *, grid: list[str], ranges: list[str],
     draws: int | None, parallel: int, name: str | None, resume: str | None, seed: int,
-    output_dir: str, say=print,
+    output_dir: str, say: Callable[[str], None] = print,
 ) -> SweepResult:  # fmt: skip
     """Plan (or reload), validate, run and report a sweep; see `craft.main sweep --help`."""
+    engine.check_parallel(parallel)
     if resume is not None:
         if grid or ranges or draws is not None:
             raise ConfigError(
@@ -46,7 +48,12 @@ def sweep(
         axes = [parse_grid(flag) for flag in grid]
         drawn = [parse_range(flag) for flag in ranges]
         bindings = expand(axes, drawn, draws, seed)
-        flags = {"grid": list(grid), "range": list(ranges), "random": draws, "seed": seed}
+        flags: dict[str, object] = {
+            "grid": list(grid),
+            "range": list(ranges),
+            "random": draws,
+            "seed": seed,
+        }
         manifest = engine.plan(name, gin_files, gin_params, bindings, flags)
     engine.validate(manifest)
     if resume is None:

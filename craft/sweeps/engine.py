@@ -65,7 +65,9 @@ def validate(manifest: Manifest) -> None:
     if problems:
         # The same mistake in every run reads once.
         first = problems[0].split(": ", 1)[1]
-        if all(p.split(": ", 1)[1] == first for p in problems):
+        if len(problems) == len(manifest.runs) and all(
+            p.split(": ", 1)[1] == first for p in problems
+        ):
             raise ConfigError(f"every run of the sweep: {first}")
         raise ConfigError("\n".join(problems))
 
@@ -93,8 +95,7 @@ def execute(
     A Ctrl-C reaches the runs too (one process group): each saves a checkpoint and the sweep
     marks it interrupted, so `--resume` continues it.
     """
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ConfigError(f"--parallel must be a whole number >= 1, got {parallel!r}")
+    check_parallel(parallel)
     todo = [run for run in manifest.runs if not _finished(run, sweep_dir)]
     skipped = len(manifest.runs) - len(todo)
     threads = max(1, (cpus or _cpu_count()) // min(parallel, max(len(todo), 1)))
@@ -143,6 +144,12 @@ def execute(
                 run.status = "interrupted"
         manifest.save(sweep_dir)
     return SweepResult(sweep_dir, manifest)
+
+
+def check_parallel(parallel: object) -> None:
+    """Refuse a --parallel that is not a whole number >= 1 (before any folder is made)."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"--parallel must be a whole number >= 1, got {parallel!r}")
 
 
 def _run_one(manifest: Manifest, run: SweepRun, sweep_dir: Path, *, threads: int,

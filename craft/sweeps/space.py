@@ -51,7 +51,7 @@ class Range:
             value = math.exp(rng.uniform(math.log(low), math.log(high)))  # type: ignore[arg-type]
         else:
             value = rng.uniform(low, high)  # type: ignore[arg-type]
-        return repr(float(f"{value:.{DRAW_DIGITS}g}"))
+        return repr(_round_within(value, low, high))  # type: ignore[arg-type]
 
 
 def parse_grid(flag: str) -> Axis:
@@ -122,7 +122,9 @@ def expand(
 
 def split_top_level(text: str) -> list[str]:
     """Split on the commas outside brackets and quotes: `1,(2,3),'a,b'` -> 3 items."""
-    items, depth, quote, current = [], 0, "", []
+    items: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote
@@ -172,6 +174,16 @@ def _number(item: str, where: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"{where}: {item!r} is not a number")
     return value
+
+
+def _round_within(value: float, low: float, high: float) -> float:
+    """`value` to DRAW_DIGITS significant digits, or more where fewer would leave [low, high]
+    (bounds closer than the rounding); never outside the bounds."""
+    for digits in range(DRAW_DIGITS, 18):
+        rounded = float(f"{value:.{digits}g}")
+        if low <= rounded <= high:
+            return rounded
+    return min(max(value, low), high)
 
 
 def _gin_text(value: object) -> str:
