@@ -220,7 +220,7 @@ class Commands:
     def sweep(
         self, random: int | None = None, parallel: int = sweeps.DEFAULT_PARALLEL,
         name: str | None = None, resume: str | None = None, seed: int = 0,
-        output_dir: str = "outputs/sweeps",
+        output_dir: str = "outputs/sweeps", run_limit_s: float | None = None,
     ) -> None:  # fmt: skip
         """Run many configurations of the gin files, each an ordinary run, and report them.
 
@@ -229,17 +229,18 @@ class Commands:
         seeded draws (--seed), crossed with the grid. --parallel=K runs K at once, the CPU
         threads split between them. Runs go to <output_dir>/<name>/<date>/<time>/<run>/ (name:
         --name, else RunConfig.name). Every run's config is validated before the first starts.
-        --resume=latest (or a sweep folder) runs what is not finished and skips the rest. At
+        --resume=latest (or a sweep folder) runs what is not finished and skips the rest.
+        --run_limit_s=S stops a run after S seconds (it saves first; --resume continues it). At
         the end: summary.md, summary.csv and curves.png in the sweep folder (see `report`).
         """
         result = sweeps.sweep(
             self._gin_files, self._gin_params, grid=self._repeated.get("grid", []),
             ranges=self._repeated.get("range", []), draws=random, parallel=parallel,
-            name=name, resume=resume, seed=seed, output_dir=output_dir,
+            name=name, resume=resume, seed=seed, output_dir=output_dir, run_limit_s=run_limit_s,
         )  # fmt: skip
         if any(run.status == "interrupted" for run in result.manifest.runs):
             self.exit_code = 130
-        elif result.failed:
+        elif any(run.status in ("failed", "stopped") for run in result.manifest.runs):
             self.exit_code = 1
 
     def report(self, sweep: str) -> None:

@@ -9,7 +9,12 @@ import csv
 import itertools
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ from craft.sweeps.manifest import Manifest
 from craft.sweeps.space import expand, parse_grid, parse_range, split_top_level
 from craft.tracking import MetricsConfig, WandbTracker, make_trackers
 from craft.train.hooks import RunInfo
-from tests.conftest import CliRunner
+from tests.conftest import REPO, CliRunner
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}.\n" for i in range(300))
@@ -412,7 +417,7 @@ def test_a_2x2_sweep_runs_reports_and_resumes_only_what_is_unfinished(
     ]  # fmt: skip
     assert all(float(r["final_val_loss"]) > 0 and float(r["best_val_loss"]) > 0 for r in rows)
     markdown = (sweep_dir / "summary.md").read_text()
-    assert "Runs: 4, finished 4, failed 0." in markdown and "Best (lowest val loss): **" in markdown
+    assert "Runs: 4: 4 finished." in markdown and "Best (lowest val loss): **" in markdown
     assert all(f"| {label} |" in markdown or f"| **{label}** |" in markdown for label in LABELS)
     assert (sweep_dir / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
@@ -480,7 +485,7 @@ def test_a_failing_run_is_recorded_and_the_others_finish(workdir: Path, run_cli:
     ]  # fmt: skip
     assert rows[1]["steps"] == "" and rows[1]["final_val_loss"] == ""
     markdown = (sweep_dir / "summary.md").read_text()
-    assert "Runs: 2, finished 1, failed 1." in markdown
+    assert "Runs: 2: 1 finished, 1 failed." in markdown
     assert "1_window-1000 failed (exit 1):" in markdown and cause in markdown
 
     # Resumed: the failed run runs again (and fails again); the finished one is skipped.
@@ -492,6 +497,54 @@ def test_a_failing_run_is_recorded_and_the_others_finish(workdir: Path, run_cli:
     assert (sweep_dir / "0_window-8" / "summary.json").stat().st_mtime_ns == mtime
     assert len(commands(sweep_dir, "0_window-8")) == 1
     assert len(commands(sweep_dir, "1_window-1000")) == 2
+
+
+LONG = ("--gin.TrainConfig.steps=100000", "--gin.Schedule.total_steps=100000",
+        "--gin.TrainConfig.checkpoint_every=50", "--gin.TrainConfig.eval_every=50")  # fmt: skip
+
+
+def test_a_run_past_its_time_limit_is_stopped_after_a_save(
+    workdir: Path, run_cli: CliRunner
+) -> None:
+    """However far the run got in its 10 s, it is stopped by a SIGTERM, saves, and is marked
+    stopped (resumable), not failed; the sweep exits 1."""
+    result = run_cli("sweep", "--gin_file=tiny.gin", "--grid=Schedule.peak_lr=1e-3",
+                     "--run_limit_s=10", *LONG)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0_peak_lr-1e-3 stopped in" in result.stdout and "(its time limit)" in result.stdout
+    [run] = Manifest.load(the_sweep(workdir)).runs
+    assert run.status == "stopped" and run.exit_code == 143
+    assert run.error is not None and "time limit (10 s)" in run.error
+    assert "Runs: 1: 1 stopped." in (the_sweep(workdir) / "summary.md").read_text()
+    bad = run_cli("sweep", "--gin_file=tiny.gin", "--grid=Schedule.peak_lr=1e-3",
+                  "--run_limit_s=0")  # fmt: skip
+    assert bad.returncode == 2
+    assert "--run_limit_s must be a number of seconds > 0, got 0" in bad.stderr
+
+
+def test_a_sigterm_to_the_sweep_stops_its_runs_after_a_save(workdir: Path) -> None:
+    """The runs are passed the SIGTERM: each saves and is marked interrupted; resumable."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "craft.main", "sweep", "--gin_file=tiny.gin",
+         "--grid=Schedule.peak_lr=1e-3,3e-3", "--parallel=2", *LONG],
+        cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        # Both runs under way: each has written its first checkpoint.
+        while len(list(workdir.glob("outputs/sweeps/tiny/*/*/*/checkpoints/step-*"))) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "runs did not start"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, out + err
+    runs = Manifest.load(the_sweep(workdir)).runs
+    assert [run.status for run in runs] == ["interrupted", "interrupted"]
+    for run in runs:
+        assert summary(the_sweep(workdir) / run.label)["status"] == "terminated"
 
 
 # --- run --run_dir ---------------------------------------------------------------------------

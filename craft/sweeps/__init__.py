@@ -28,10 +28,11 @@ __all__ = ["DEFAULT_PARALLEL", "SweepResult", "sweep"]
 def sweep(
     gin_files: list[str], gin_params: list[str], *, grid: list[str], ranges: list[str],
     draws: int | None, parallel: int, name: str | None, resume: str | None, seed: int,
-    output_dir: str, say: Callable[[str], None] = print,
+    output_dir: str, say: Callable[[str], None] = print, run_limit_s: float | None = None,
 ) -> SweepResult:  # fmt: skip
     """Plan (or reload), validate, run and report a sweep; see `craft.main sweep --help`."""
     engine.check_parallel(parallel)
+    engine.check_run_limit(run_limit_s)
     if resume is not None:
         if grid or ranges or draws is not None:
             raise ConfigError(
@@ -40,6 +41,9 @@ def sweep(
             )
         sweep_dir = _locate(resume, output_dir, name or _run_name())
         manifest = Manifest.load(sweep_dir)
+        if gin_files and list(gin_files) != manifest.gin_files:
+            say(f"sweep: resuming {sweep_dir} with its own gin files "
+                f"({', '.join(manifest.gin_files)}); those given only named it")  # fmt: skip
     else:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"--seed must be a whole number >= 0, got {seed!r}")
@@ -61,7 +65,9 @@ def sweep(
         manifest.save(sweep_dir)
     group = "/".join([manifest.name, *sweep_dir.resolve().parts[-2:]])
     try:
-        result = engine.execute(manifest, sweep_dir, parallel=parallel, group=group, say=say)
+        result = engine.execute(
+            manifest, sweep_dir, parallel=parallel, group=group, say=say, run_limit_s=run_limit_s
+        )
     finally:
         for path in write_report(sweep_dir):
             say(str(path))

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from craft import config
 from craft.checkpoint import list_checkpoints
@@ -37,7 +38,7 @@ class SweepResult:
     manifest: Manifest
 
     @property
-    def failed(self) -> list[SweepRun]:
+    def unfinished(self) -> list[SweepRun]:
         return [run for run in self.manifest.runs if run.status != "finished"]
 
 
@@ -89,13 +90,17 @@ def latest_sweep(output_dir: str, name: str) -> Path:
 def execute(
     manifest: Manifest, sweep_dir: Path, *, parallel: int, group: str,
     say: Callable[[str], None] = print, cpus: int | None = None,
+    run_limit_s: float | None = None,
 ) -> SweepResult:  # fmt: skip
     """Run every unfinished run, `parallel` at a time; returns when all have ended.
 
     A Ctrl-C reaches the runs too (one process group): each saves a checkpoint and the sweep
-    marks it interrupted, so `--resume` continues it.
+    marks it interrupted, so `--resume` continues it. A SIGTERM to the sweep is passed on to
+    its runs, with the same effect. `run_limit_s`: a run still going after that many seconds
+    gets a SIGTERM (it saves and stops) and is marked stopped; `--resume` continues it.
     """
     check_parallel(parallel)
+    check_run_limit(run_limit_s)
     todo = [run for run in manifest.runs if not _finished(run, sweep_dir)]
     skipped = len(manifest.runs) - len(todo)
     threads = max(1, (cpus or _cpu_count()) // min(parallel, max(len(todo), 1)))
@@ -109,6 +114,7 @@ def execute(
     queue = list(todo)
     done = [skipped]
     stopping = threading.Event()
+    live: set[subprocess.Popen[bytes]] = set()
 
     def worker() -> None:
         while not stopping.is_set():
@@ -118,7 +124,8 @@ def execute(
                 run = queue.pop(0)
                 run.status = "running"
                 manifest.save(sweep_dir)
-            _run_one(manifest, run, sweep_dir, threads=threads, group=group)
+            _run_one(manifest, run, sweep_dir, threads=threads, group=group,
+                     limit_s=run_limit_s, live=(live, lock))  # fmt: skip
             with lock:
                 done[0] += 1
                 manifest.save(sweep_dir)
@@ -126,9 +133,16 @@ def execute(
                 if run.status == "interrupted":
                     stopping.set()
 
+    def on_sigterm(signum: int, frame: object) -> None:
+        stopping.set()
+        with lock:
+            for process in live:
+                process.send_signal(signal.SIGTERM)
+
     workers = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
     for thread in workers:
         thread.start()
+    previous = _handle(signal.SIGTERM, on_sigterm)
     try:
         for thread in workers:
             while thread.is_alive():
@@ -139,6 +153,7 @@ def execute(
             thread.join()
         raise
     finally:
+        _handle(signal.SIGTERM, previous)
         for run in manifest.runs:  # a run that never started stays pending
             if run.status == "running":
                 run.status = "interrupted"
@@ -152,8 +167,23 @@ def check_parallel(parallel: object) -> None:
         raise ConfigError(f"--parallel must be a whole number >= 1, got {parallel!r}")
 
 
-def _run_one(manifest: Manifest, run: SweepRun, sweep_dir: Path, *, threads: int,
-             group: str) -> None:  # fmt: skip
+def check_run_limit(limit: object) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
+                              or not limit > 0):  # fmt: skip
+        raise ConfigError(f"--run_limit_s must be a number of seconds > 0, got {limit!r}")
+
+
+def _handle(signum: int, handler: Any) -> Any:
+    """Install a signal handler where Python allows it (the main thread); returns the old."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler) if handler is not None else None
+
+
+def _run_one(
+    manifest: Manifest, run: SweepRun, sweep_dir: Path, *, threads: int, group: str,
+    limit_s: float | None, live: tuple[set[subprocess.Popen[bytes]], threading.Lock],
+) -> None:  # fmt: skip
     """One run in its own process: continued from its checkpoint when it has one."""
     run_dir = sweep_dir / run.label
     resume = run_dir.is_dir() and bool(list_checkpoints(run_dir / "checkpoints"))
@@ -174,17 +204,30 @@ def _run_one(manifest: Manifest, run: SweepRun, sweep_dir: Path, *, threads: int
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        processes, lock = live
+        with lock:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            processes.add(process)
+        timed_out = False
         while True:
             try:
-                code = process.wait()
+                left = None if limit_s is None else limit_s - (time.perf_counter() - started)
+                code = process.wait(timeout=None if timed_out or left is None else max(left, 0))
                 break
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                process.send_signal(signal.SIGTERM)  # it saves, then stops
             except KeyboardInterrupt:
                 continue  # the run saw the Ctrl-C too; wait for its clean save
+        with lock:
+            processes.discard(process)
     run.exit_code = code
     run.seconds = round((run.seconds or 0.0) + time.perf_counter() - started, 1)
     if code == 0:
         run.status, run.error = "finished", None
+    elif timed_out and code in (128 + signal.SIGTERM, -signal.SIGTERM):
+        run.status = "stopped"
+        run.error = f"stopped at its time limit ({limit_s:g} s) after a save; --resume continues it"
     elif code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
         run.status, run.error = "interrupted", None
     else:
@@ -193,7 +236,9 @@ def _run_one(manifest: Manifest, run: SweepRun, sweep_dir: Path, *, threads: int
 
 
 def _finished(run: SweepRun, sweep_dir: Path) -> bool:
-    return run.status == "finished" and (sweep_dir / run.label / "summary.json").is_file()
+    # A resumed run that was already done says "nothing to do" and writes no summary: its
+    # folder is the evidence.
+    return run.status == "finished" and (sweep_dir / run.label).is_dir()
 
 
 def _flags(run: SweepRun) -> list[str]:
@@ -202,6 +247,8 @@ def _flags(run: SweepRun) -> list[str]:
 
 def _outcome(run: SweepRun, done: int, total: int, sweep_dir: Path) -> str:
     line = f"sweep: [{done}/{total}] {run.label} {run.status} in {run.seconds:.0f} s"
+    if run.status == "stopped":
+        line += " (its time limit)"
     if run.status == "failed" and run.error:
         last = run.error.strip().splitlines()[-1]
         line += f" (exit {run.exit_code}: {last}; log: {sweep_dir / 'logs' / run.label}.log)"

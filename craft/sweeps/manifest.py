@@ -16,7 +16,8 @@ from typing import Any
 from craft.errors import ConfigError
 
 MANIFEST = "sweep.json"
-STATUSES = ("pending", "running", "finished", "failed", "interrupted")
+STATUSES = ("pending", "running", "finished", "failed", "interrupted", "stopped")
+"""stopped: at the sweep's time limit for a run, after a save; resumable like interrupted."""
 
 
 @dataclass

@@ -43,8 +43,12 @@ def write_report(sweep_dir: Path) -> list[Path]:
 
 
 def best_row(rows: list[RunRow]) -> RunRow | None:
-    """The finished run with the lowest best val loss (None when no run finished)."""
-    scored = [r for r in rows if r.run.status == "finished" and _is_number(r.best_val_loss)]
+    """The run with the lowest best val loss among those finished or stopped at their time
+    limit (None when there is none)."""
+    scored = [
+        r for r in rows
+        if r.run.status in ("finished", "stopped") and _is_number(r.best_val_loss)
+    ]  # fmt: skip
     return min(scored, key=lambda r: r.best_val_loss or 0.0) if scored else None
 
 
@@ -103,14 +107,15 @@ def _write_csv(path: Path, manifest: Manifest, rows: list[RunRow]) -> Path:
 def _write_markdown(path: Path, manifest: Manifest, rows: list[RunRow], best: RunRow | None
                     ) -> Path:  # fmt: skip
     columns = _columns(manifest, rows)
-    finished = sum(r.run.status == "finished" for r in rows)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.run.status] = counts.get(r.run.status, 0) + 1
     lines = [
         f"# Sweep {manifest.name}: {path.parent}",
         "",
         f"Gin files: {', '.join(manifest.gin_files) or 'none'}"
         + (f"; params: {'; '.join(manifest.gin_params)}" if manifest.gin_params else ""),
-        f"Runs: {len(rows)}, finished {finished}, failed "
-        f"{sum(r.run.status == 'failed' for r in rows)}.",
+        f"Runs: {len(rows)}: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + ".",
         "",
     ]
     if best is not None:

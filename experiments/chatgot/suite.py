@@ -247,7 +247,7 @@ def _best_run(sweep_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | Non
     scored = []
     for run in manifest["runs"]:
         path = sweep_dir / run["label"] / "summary.json"
-        if run["status"] == "finished" and path.is_file():
+        if run["status"] in ("finished", "stopped") and path.is_file():
             loss = json.loads(path.read_text()).get("best_val_loss")
             if loss is not None:
                 scored.append((loss, run))
