@@ -66,8 +66,9 @@ def main() -> None:
                               "seconds": round(seconds, 1)}), flush=True)  # fmt: skip
     base = results[settings[0]]
     for parallel, seconds in results.items():
-        print(f"parallel={parallel}: {seconds:6.1f} s  ({base / seconds:.2f}x parallel="
-              f"{settings[0]})")
+        print(
+            f"parallel={parallel}: {seconds:6.1f} s  ({base / seconds:.2f}x parallel={settings[0]})"
+        )
 
 
 if __name__ == "__main__":
