@@ -52,7 +52,8 @@ def main() -> None:
         for parallel in sorted(set(settings)):
             subprocess.run(
                 [sys.executable, "-m", "craft.main", "--gin_file=gin/got_char.gin",
-                 "--gin.TrainConfig.steps=2", "--gin.MetricsConfig.wandb='disabled'",
+                 "--gin.TrainConfig.steps=2", "--gin.Schedule.warmup_steps=1",
+                 "--gin.MetricsConfig.wandb='disabled'",
                  f"--gin.RunConfig.output_dir={output / 'warm'}"],
                 cwd=REPO, capture_output=True, check=True,
                 env={**os.environ, "OMP_NUM_THREADS": str(max(1, cores // parallel))},

@@ -113,8 +113,9 @@ def craft(*args: str, timeout: float | None = None, log: Path | None = None
     """`python -m craft.main ARGS`; past `timeout` it gets SIGTERM (it saves and stops)."""
     command = [sys.executable, "-m", "craft.main", *args]
     print("$ " + " ".join(command), flush=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": os.environ.get("WANDB_MODE",
-           "disabled")}  # fmt: skip
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path,
+           "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
@@ -158,7 +159,9 @@ def sweep_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
         *parallel,
         f"--output_dir={output}",
         f"--name=chatgot_{row}_{device()}",
-        timeout=args.budget_s * len(_runs(row)),
+        f"--run_limit_s={args.budget_s:g}",
+        # A safety net only: each run stops at its own limit.
+        timeout=args.budget_s * len(_runs(row)) + 300,
     )
     print(done.stdout[-4000:])
     if done.returncode not in (0, 1):  # 1: some runs failed, the others count
