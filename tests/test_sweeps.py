@@ -373,6 +373,21 @@ def test_a_bad_binding_fails_the_sweep_before_any_run_with_the_runs_message(
     assert not (workdir / "outputs").exists() and not (workdir / "data").exists()
 
 
+def test_a_schedule_longer_than_its_run_fails_the_sweep_before_any_run(
+    workdir: Path, run_cli: CliRunner
+) -> None:
+    """Across configs: a warmup longer than the run (Schedule.total_steps unset) is found too."""
+    text = (workdir / "tiny.gin").read_text().replace("Schedule.total_steps = 4\n", "")
+    (workdir / "open.gin").write_text(text)
+    result = run_cli("sweep", "--gin_file=open.gin", "--grid=Schedule.warmup_steps=1,10")
+    assert result.returncode == 2
+    assert (
+        "run 1_warmup_steps-10: Schedule.warmup_steps = 10 exceeds the run's 4 steps "
+        "(TrainConfig.steps, which Schedule.total_steps follows when unset)"
+    ) in result.stderr
+    assert "run 0_" not in result.stderr and not (workdir / "outputs").exists()
+
+
 # --- sweeps through the command line ---------------------------------------------------------
 
 LABELS = [

@@ -25,8 +25,10 @@ from typing import Any
 from craft import config
 from craft.checkpoint import list_checkpoints
 from craft.errors import ConfigError
+from craft.optim import Schedule
 from craft.runs import RunConfig, create_run_dir
 from craft.sweeps.manifest import Manifest, SweepRun, run_label
+from craft.train.config import TrainConfig
 
 ERROR_LINES = 15
 """How much of a failed run's output the manifest and the sweep's message keep."""
@@ -36,10 +38,6 @@ ERROR_LINES = 15
 class SweepResult:
     sweep_dir: Path
     manifest: Manifest
-
-    @property
-    def unfinished(self) -> list[SweepRun]:
-        return [run for run in self.manifest.runs if run.status != "finished"]
 
 
 def plan(
@@ -59,7 +57,13 @@ def validate(manifest: Manifest) -> None:
     for run in manifest.runs:
         try:
             config.parse(manifest.gin_files, [*manifest.gin_params, *_flags(run)])
-            config.build_all()
+            built = config.build_all()
+            # The schedule against the run's length: the one check across configs that a run
+            # makes before its data is read.
+            train = built[TrainConfig.__name__]
+            schedule = built[Schedule.__name__]
+            assert isinstance(train, TrainConfig) and isinstance(schedule, Schedule)
+            schedule.for_run(train.steps)
         except ConfigError as error:
             problems.append(f"run {run.label}: {error}")
     config.reset()

@@ -124,7 +124,10 @@ def _write_markdown(path: Path, manifest: Manifest, rows: list[RunRow], best: Ru
                   f"best val loss {best.best_val_loss:.4f}.", ""]  # fmt: skip
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [_cell(v) for v in _values(row, columns).values()]
+        cells = [
+            f"{v:.1f}" if c == "seconds" and isinstance(v, float) else _cell(v)
+            for c, v in _values(row, columns).items()
+        ]
         if row is best:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
