@@ -161,7 +161,7 @@ def sweep_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
         f"--name=chatgot_{row}_{device()}",
         f"--run_limit_s={args.budget_s:g}",
         # A safety net only: each run stops at its own limit.
-        timeout=args.budget_s * len(_runs(row)) + 300,
+        timeout=args.budget_s * _run_count(row) + 300,
     )
     print(done.stdout[-4000:])
     if done.returncode not in (0, 1):  # 1: some runs failed, the others count
@@ -257,11 +257,11 @@ def _best_run(sweep_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | Non
     return min(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
-def _runs(row: str) -> list[str]:
+def _run_count(row: str) -> int:
     count = 1
     for flag in ROWS[row]["grid"]:
         count *= len(flag.split("=", 1)[1].split(","))
-    return [row] * count
+    return count
 
 
 def _val_curve(run_dir: Path) -> list[list[float]]:

@@ -107,7 +107,8 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(f"{tokenizer}: val loss (nats per token)")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     fig.savefig(path, dpi=100)
     return path
 
