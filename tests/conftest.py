@@ -51,3 +51,14 @@ def run_cli(tmp_path: Path) -> CliRunner:
         )
 
     return run
+
+
+@pytest.fixture
+def craft_configs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process commands build every registered config: leave out those other test modules
+    register (some have required fields), as a fresh process would not have them."""
+    from craft import config
+
+    own = {name: entry for name, entry in config._MODELS.items()
+           if entry.model.__module__.startswith("craft.")}  # fmt: skip
+    monkeypatch.setattr(config, "_MODELS", own)

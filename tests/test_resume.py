@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from craft import checkpoint, config
+from craft import checkpoint
 from craft.errors import ConfigError
 from craft.main import main
 from craft.optim import Schedule
@@ -27,14 +27,9 @@ CHECKPOINT_8 = "checkpoints/step-00000008.safetensors"
 
 
 @pytest.fixture
-def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, craft_configs_only: None) -> Path:
     """`tiny.gin` (8 steps, checkpoints at 4 and 8) in the working folder `tmp_path`."""
     monkeypatch.chdir(tmp_path)
-    # In-process runs build every registered config: leave out those other test modules
-    # register (some have required fields), as a fresh process would not have them.
-    own = {name: entry for name, entry in config._MODELS.items()
-           if entry.model.__module__.startswith("craft.")}  # fmt: skip
-    monkeypatch.setattr(config, "_MODELS", own)
     text = tmp_path / "tiny.txt"
     text.write_text(TEXT)
     (tmp_path / "tiny.gin").write_text(TINY.format(source=text, steps=8))

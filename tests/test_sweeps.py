@@ -58,14 +58,9 @@ Schedule.total_steps = 4
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, craft_configs_only: None) -> Path:
     """`tiny.gin` and its text in `tmp_path`, the working folder of in-process and CLI calls."""
     monkeypatch.chdir(tmp_path)
-    # In-process commands build every registered config: leave out those other test modules
-    # register (some have required fields), as a fresh process would not have them.
-    own = {name: entry for name, entry in config._MODELS.items()
-           if entry.model.__module__.startswith("craft.")}  # fmt: skip
-    monkeypatch.setattr(config, "_MODELS", own)
     (tmp_path / "tiny.txt").write_text(TEXT)
     (tmp_path / "tiny.gin").write_text(TINY.format(source=tmp_path / "tiny.txt"))
     return tmp_path
