@@ -36,10 +36,10 @@ def train(
     `run_dir`: the folder of a new run (it must be new or empty); default: a fresh
     `<output_dir>/<name>/<date>/<time>/`.
     """
-    if run_dir is not None:
-        check_new_run_dir(run_dir)
     run_cfg, train_cfg = _get(configs, RunConfig), _get(configs, TrainConfig)
     world = distributed.world_from_env()
+    if run_dir is not None and world.main:  # rank 0 alone writes it
+        check_new_run_dir(run_dir)
     resumption = None
     if resume is not None:
         resumption = resuming.locate(resume, Path(run_cfg.output_dir) / run_cfg.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     """`<run_dir>/summary.json`: how the run ended and its final metrics (non-finite numbers as
     null), for sweeps and scripts."""
     path = Path(run_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(_finite(summary), indent=2) + "\n", encoding="utf-8")
+    temporary = path.with_suffix(".json.tmp")  # renamed into place: never half a file
+    temporary.write_text(json.dumps(_finite(summary), indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
     return path
 
 

@@ -247,6 +247,12 @@ def test_split_top_level_examples() -> None:
 # --- bad flags: the messages -----------------------------------------------------------------
 
 
+RESUMED = (
+    "a resumed sweep runs the configs, grid and draws it was started with: leave out "
+    "--grid, --range, --random and gin params (--gin.X=..., --gin_param)"
+)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -298,9 +304,16 @@ def test_split_top_level_examples() -> None:
          "--parallel must be a whole number >= 1, got 0"),
         (["--grid=Schedule.peak_lr=1e-3,3e-3", "--seed=-1"],
          "--seed must be a whole number >= 0, got -1"),
-        (["--resume=latest", "--grid=Schedule.peak_lr=1e-3,3e-3"],
-         "a resumed sweep runs the grid and draws it was started with: leave out --grid, "
-         "--range and --random"),
+        (["--resume=latest", "--grid=Schedule.peak_lr=1e-3,3e-3"], RESUMED),
+        (["--resume=latest", "--gin.TrainConfig.steps=8"], RESUMED),
+        (["--grid=Schedule.peak_lr=1e-3,0.001"],
+         "--grid=Schedule.peak_lr=1e-3,0.001: a value appears twice"),
+        (["--grid=Schedule.peak_lr={[1]:2}"],
+         "--grid=Schedule.peak_lr={[1]:2}: cannot read the value '{[1]:2}'"),
+        (["--grid=Schedule.peak_lr=1e-3", "--name=my sweep"],
+         "RunConfig.name = 'my sweep' (flag --name): String should match pattern '^[\\w.-]+$'"),
+        (["--grid=Schedule.peak_lr=1e-3", "--output_dir"],
+         "RunConfig.output_dir = True (flag --output_dir): Input should be a valid string"),
         (["--resume=latest"], "--resume=latest: no sweep named 'tiny' in outputs/sweeps/tiny"),
         (["--resume=tiny.txt"], "tiny.txt is not a sweep folder: it has no sweep.json"),
     ],
@@ -513,23 +526,59 @@ LONG = ("--gin.TrainConfig.steps=100000", "--gin.Schedule.total_steps=100000",
         "--gin.TrainConfig.checkpoint_every=50", "--gin.TrainConfig.eval_every=50")  # fmt: skip
 
 
-def test_a_run_past_its_time_limit_is_stopped_after_a_save(
+def test_a_run_past_its_time_limit_saves_is_marked_stopped_and_resumes(
     workdir: Path, run_cli: CliRunner
 ) -> None:
-    """However far the run got in its 10 s, it is stopped by a SIGTERM, saves, and is marked
-    stopped (resumable), not failed; the sweep exits 1."""
+    """A run that never ends is stopped by a SIGTERM at the limit, saves the step it reached,
+    and is marked stopped (not failed; the sweep exits 1); --resume continues it from that
+    checkpoint, under the limit the sweep was started with."""
     result = run_cli("sweep", "--gin_file=tiny.gin", "--grid=Schedule.peak_lr=1e-3",
-                     "--run_limit_s=10", *LONG)  # fmt: skip
+                     "--run_limit_s=20", *LONG)  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
+    sweep_dir = the_sweep(workdir)
     assert "0_peak_lr-1e-3 stopped in" in result.stdout and "(its time limit)" in result.stdout
-    [run] = Manifest.load(the_sweep(workdir)).runs
+    [run] = Manifest.load(sweep_dir).runs
     assert run.status == "stopped" and run.exit_code == 143
-    assert run.error is not None and "time limit (10 s)" in run.error
-    assert "Runs: 1: 1 stopped." in (the_sweep(workdir) / "summary.md").read_text()
+    assert run.error == "stopped at its time limit (20 s) after a save; --resume continues it"
+    first = summary(sweep_dir / run.label)
+    assert first["status"] == "terminated" and first["steps"] > 0
+    # The save at the stop: the newest checkpoint is the step the run reached.
+    assert first["checkpoint"].endswith(f"step-{first['steps']:08d}.safetensors")
+    assert Path(first["checkpoint"]).is_file()
+    assert "Runs: 1: 1 stopped." in (sweep_dir / "summary.md").read_text()
+
+    again = run_cli("sweep", f"--resume={sweep_dir}")
+    assert again.returncode == 1, again.stdout + again.stderr
+    second = summary(sweep_dir / run.label)
+    assert second["start_step"] == first["steps"] and second["steps"] > first["steps"]
+    assert commands(sweep_dir, run.label)[1].count(f"--resume={sweep_dir / run.label}") == 1
+    assert "time limit (20 s)" in (Manifest.load(sweep_dir).runs[0].error or "")
+
     bad = run_cli("sweep", "--gin_file=tiny.gin", "--grid=Schedule.peak_lr=1e-3",
                   "--run_limit_s=0")  # fmt: skip
     assert bad.returncode == 2
     assert "--run_limit_s must be a number of seconds > 0, got 0" in bad.stderr
+
+
+def test_a_sweep_folder_runs_in_one_process_at_a_time(workdir: Path, run_cli: CliRunner) -> None:
+    """While one process holds a sweep, a second one is refused (and deletes nothing)."""
+    import fcntl
+
+    first = run_cli("sweep", "--gin_file=tiny.gin", "--grid=Schedule.peak_lr=1e-3")
+    assert first.returncode == 0, first.stdout + first.stderr
+    sweep_dir = the_sweep(workdir)
+    (sweep_dir / "sweep.json").write_text(
+        (sweep_dir / "sweep.json").read_text().replace('"finished"', '"pending"')
+    )
+    with open(sweep_dir / "sweep.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = run_cli("sweep", f"--resume={sweep_dir}")
+    assert refused.returncode == 2
+    assert (
+        f"craft: error: {sweep_dir} is being run by another process (it "
+        "holds sweep.lock): wait for it to end, or stop it first"
+    ) in refused.stderr
+    assert (sweep_dir / "0_peak_lr-1e-3" / "summary.json").is_file()
 
 
 def test_a_sigterm_to_the_sweep_stops_its_runs_after_a_save(workdir: Path) -> None:

@@ -33,22 +33,27 @@ def sweep(
     """Plan (or reload), validate, run and report a sweep; see `craft.main sweep --help`."""
     engine.check_parallel(parallel)
     engine.check_run_limit(run_limit_s)
+    where = config.build(
+        RunConfig, {"name": name if name is not None else _run_name(), "output_dir": output_dir},
+        flag_names={"name": "name", "output_dir": "output_dir"},
+    )  # fmt: skip
+    name, output_dir = where.name, where.output_dir
     if resume is not None:
-        if grid or ranges or draws is not None:
+        if grid or ranges or draws is not None or gin_params:
             raise ConfigError(
-                "a resumed sweep runs the grid and draws it was started with: leave out "
-                "--grid, --range and --random"
+                "a resumed sweep runs the configs, grid and draws it was started with: leave "
+                "out --grid, --range, --random and gin params (--gin.X=..., --gin_param)"
             )
-        sweep_dir = _locate(resume, output_dir, name or _run_name())
+        sweep_dir = _locate(resume, output_dir, name)
         manifest = Manifest.load(sweep_dir)
         if gin_files and list(gin_files) != manifest.gin_files:
             say(f"sweep: resuming {sweep_dir} with its own gin files "
                 f"({', '.join(manifest.gin_files)}); those given only named it")  # fmt: skip
+        if run_limit_s is None:  # the limit it was started with, unless another is given
+            run_limit_s = manifest.flags.get("run_limit_s")
     else:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"--seed must be a whole number >= 0, got {seed!r}")
-        name = name or _run_name()
-        RunConfig(name=name)  # a name that makes a valid folder
         axes = [parse_grid(flag) for flag in grid]
         drawn = [parse_range(flag) for flag in ranges]
         bindings = expand(axes, drawn, draws, seed)
@@ -57,6 +62,7 @@ def sweep(
             "range": list(ranges),
             "random": draws,
             "seed": seed,
+            "run_limit_s": run_limit_s,
         }
         manifest = engine.plan(name, gin_files, gin_params, bindings, flags)
     engine.validate(manifest)

@@ -101,68 +101,185 @@ def execute(
     A Ctrl-C reaches the runs too (one process group): each saves a checkpoint and the sweep
     marks it interrupted, so `--resume` continues it. A SIGTERM to the sweep is passed on to
     its runs, with the same effect. `run_limit_s`: a run still going after that many seconds
-    gets a SIGTERM (it saves and stops) and is marked stopped; `--resume` continues it.
+    gets a SIGTERM (it saves and stops) and is marked stopped; `--resume` continues it. One
+    process at a time runs a sweep folder (a lock file): a second is refused.
     """
     check_parallel(parallel)
     check_run_limit(run_limit_s)
-    todo = [run for run in manifest.runs if not _finished(run, sweep_dir)]
-    skipped = len(manifest.runs) - len(todo)
-    threads = max(1, (cpus or _cpu_count()) // min(parallel, max(len(todo), 1)))
-    say(
-        f"sweep {sweep_dir}: {len(manifest.runs)} runs"
-        + (f", {skipped} already finished" if skipped else "")
-        + f"; {parallel} at a time, {threads} CPU thread{'s' * (threads > 1)} each"
-    )
-    (sweep_dir / "logs").mkdir(exist_ok=True)
-    lock = threading.Lock()
-    queue = list(todo)
-    done = [skipped]
-    stopping = threading.Event()
-    live: set[subprocess.Popen[bytes]] = set()
+    with _SweepLock(sweep_dir):
+        todo = [run for run in manifest.runs if not _finished(run, sweep_dir)]
+        skipped = len(manifest.runs) - len(todo)
+        threads = max(1, (cpus or _cpu_count()) // min(parallel, max(len(todo), 1)))
+        say(
+            f"sweep {sweep_dir}: {len(manifest.runs)} runs"
+            + (f", {skipped} already finished" if skipped else "")
+            + f"; {parallel} at a time, {threads} CPU thread{'s' * (threads > 1)} each"
+        )
+        (sweep_dir / "logs").mkdir(exist_ok=True)
+        runner = _Runner(manifest, sweep_dir, group, threads, run_limit_s, say, skipped)
+        runner.run(todo, parallel)
+    return SweepResult(sweep_dir, manifest)
 
-    def worker() -> None:
-        while not stopping.is_set():
-            with lock:
-                if not queue:
+
+class _Runner:
+    """The worker threads, the live processes and the manifest they share (under one lock)."""
+
+    def __init__(
+        self, manifest: Manifest, sweep_dir: Path, group: str, threads: int,
+        limit_s: float | None, say: Callable[[str], None], done: int,
+    ):  # fmt: skip
+        self.manifest, self.sweep_dir, self.group = manifest, sweep_dir, group
+        self.threads, self.limit_s, self.say, self.done = threads, limit_s, say, done
+        # Re-entrant: the SIGTERM handler runs on the main thread, which may hold it.
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.live: set[subprocess.Popen[bytes]] = set()
+        self.queue: list[SweepRun] = []
+
+    def run(self, todo: list[SweepRun], parallel: int) -> None:
+        self.queue = list(todo)
+        previous = _handle(signal.SIGTERM, self._on_sigterm)  # before any run starts
+        workers = [threading.Thread(target=self._worker, daemon=True) for _ in range(parallel)]
+        try:
+            for thread in workers:
+                thread.start()
+            for thread in workers:
+                while thread.is_alive():
+                    thread.join(0.2)
+        except KeyboardInterrupt:
+            self.stopping.set()
+            for thread in workers:  # the runs got the Ctrl-C too: let them save and end
+                thread.join()
+            raise
+        finally:
+            _handle(signal.SIGTERM, previous)
+            with self.lock:
+                for run in self.manifest.runs:  # a run that never started stays pending
+                    if run.status == "running":
+                        run.status = "interrupted"
+                self.manifest.save(self.sweep_dir)
+
+    def _worker(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                if not self.queue:
                     return
-                run = queue.pop(0)
+                run = self.queue.pop(0)
                 run.status = "running"
-                manifest.save(sweep_dir)
-            _run_one(manifest, run, sweep_dir, threads=threads, group=group,
-                     limit_s=run_limit_s, live=(live, lock))  # fmt: skip
-            with lock:
-                done[0] += 1
-                manifest.save(sweep_dir)
-                say(_outcome(run, done[0], len(manifest.runs), sweep_dir))
+                self.manifest.save(self.sweep_dir)
+            if not self._run_one(run):
+                with self.lock:
+                    run.status = "pending"  # the sweep stopped before it began
+                return
+            with self.lock:
+                self.done += 1
+                self.manifest.save(self.sweep_dir)
+                self.say(_outcome(run, self.done, len(self.manifest.runs), self.sweep_dir))
                 if run.status == "interrupted":
-                    stopping.set()
+                    self.stopping.set()
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        stopping.set()
-        with lock:
-            for process in live:
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.stopping.set()
+        with self.lock:
+            for process in self.live:
                 process.send_signal(signal.SIGTERM)
 
-    workers = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
-    for thread in workers:
-        thread.start()
-    previous = _handle(signal.SIGTERM, on_sigterm)
-    try:
-        for thread in workers:
-            while thread.is_alive():
-                thread.join(0.2)
-    except KeyboardInterrupt:
-        stopping.set()
-        for thread in workers:  # the runs got the Ctrl-C too: let them save and end
-            thread.join()
-        raise
-    finally:
-        _handle(signal.SIGTERM, previous)
-        for run in manifest.runs:  # a run that never started stays pending
-            if run.status == "running":
-                run.status = "interrupted"
-        manifest.save(sweep_dir)
-    return SweepResult(sweep_dir, manifest)
+    def _run_one(self, run: SweepRun) -> bool:
+        """One run in its own process, continued from its checkpoint when it has one; False
+        when the sweep is stopping and the run was not started."""
+        run_dir = self.sweep_dir / run.label
+        resume = run_dir.is_dir() and bool(list_checkpoints(run_dir / "checkpoints"))
+        if run_dir.exists() and not resume:
+            shutil.rmtree(run_dir)  # ended before its first checkpoint: start it again
+        command = [
+            sys.executable, "-m", "craft.main", "run",
+            f"--resume={run_dir}" if resume else f"--run_dir={run_dir}",
+            *[f"--gin_file={f}" for f in self.manifest.gin_files],
+            *[f"--gin_param={p}" for p in self.manifest.gin_params],
+            *_flags(run),
+            f"--gin.MetricsConfig.wandb_group={self.group!r}",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads),
+               "TORCHINDUCTOR_COMPILE_THREADS": str(self.threads)}  # fmt: skip
+        log_path = self.sweep_dir / "logs" / f"{run.label}.log"
+        started = time.perf_counter()
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            with self.lock:  # a SIGTERM now either finds the process or stops the start
+                if self.stopping.is_set():
+                    return False
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                self.live.add(process)
+            timed_out = False
+            while True:
+                try:
+                    if timed_out or self.limit_s is None:
+                        code = process.wait()
+                    else:
+                        left = self.limit_s - (time.perf_counter() - started)
+                        code = process.wait(timeout=max(left, 0.0))
+                    break
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    process.send_signal(signal.SIGTERM)  # it saves, then stops
+            with self.lock:
+                self.live.discard(process)
+        run.exit_code = code
+        run.seconds = round((run.seconds or 0.0) + time.perf_counter() - started, 1)
+        _record(run, code, timed_out=timed_out, limit_s=self.limit_s, run_dir=run_dir,
+                log_path=log_path)  # fmt: skip
+        return True
+
+
+def _record(run: SweepRun, code: int, *, timed_out: bool, limit_s: float | None,
+            run_dir: Path, log_path: Path) -> None:  # fmt: skip
+    """The run's status and error from how its process ended."""
+    stopped_codes = (128 + signal.SIGTERM, -signal.SIGTERM)
+    if code == 0:
+        run.status, run.error = "finished", None
+    elif timed_out and code in stopped_codes:
+        run.status = "stopped"
+        saved = bool(list_checkpoints(run_dir / "checkpoints"))
+        run.error = (
+            f"stopped at its time limit ({limit_s:g} s) after a save; --resume continues it"
+            if saved
+            else f"stopped at its time limit ({limit_s:g} s) before its first checkpoint: "
+            "nothing saved, so --resume starts it again (a longer --run_limit_s lets it train)"
+        )
+    elif code in (128 + signal.SIGINT, -signal.SIGINT, *stopped_codes):
+        run.status, run.error = "interrupted", None
+    elif code < 0:
+        run.status = "failed"
+        run.error = f"killed by {signal.Signals(-code).name} (out of memory?)\n" + _tail(log_path)
+    else:
+        run.status = "failed"
+        run.error = _tail(log_path)
+
+
+class _SweepLock:
+    """An exclusive lock on a sweep folder for as long as a process runs it."""
+
+    def __init__(self, sweep_dir: Path):
+        self.path = sweep_dir / "sweep.lock"
+        self.file: Any = None
+
+    def __enter__(self) -> _SweepLock:
+        import fcntl
+
+        self.file = open(self.path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise ConfigError(
+                f"{self.path.parent} is being run by another process (it holds "
+                f"{self.path.name}): wait for it to end, or stop it first"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()  # closing releases the lock
 
 
 def check_parallel(parallel: object) -> None:
@@ -184,61 +301,6 @@ def _handle(signum: int, handler: Any) -> Any:
     return signal.signal(signum, handler) if handler is not None else None
 
 
-def _run_one(
-    manifest: Manifest, run: SweepRun, sweep_dir: Path, *, threads: int, group: str,
-    limit_s: float | None, live: tuple[set[subprocess.Popen[bytes]], threading.Lock],
-) -> None:  # fmt: skip
-    """One run in its own process: continued from its checkpoint when it has one."""
-    run_dir = sweep_dir / run.label
-    resume = run_dir.is_dir() and bool(list_checkpoints(run_dir / "checkpoints"))
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # stopped before its first checkpoint: start it again
-    command = [
-        sys.executable, "-m", "craft.main", "run",
-        f"--resume={run_dir}" if resume else f"--run_dir={run_dir}",
-        *[f"--gin_file={f}" for f in manifest.gin_files],
-        *[f"--gin_param={p}" for p in manifest.gin_params],
-        *_flags(run),
-        f"--gin.MetricsConfig.wandb_group={group!r}",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
-           "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}  # fmt: skip
-    log_path = sweep_dir / "logs" / f"{run.label}.log"
-    started = time.perf_counter()
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        processes, lock = live
-        with lock:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            processes.add(process)
-        timed_out = False
-        while True:
-            try:
-                left = None if limit_s is None else limit_s - (time.perf_counter() - started)
-                code = process.wait(timeout=None if timed_out or left is None else max(left, 0))
-                break
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                process.send_signal(signal.SIGTERM)  # it saves, then stops
-            except KeyboardInterrupt:
-                continue  # the run saw the Ctrl-C too; wait for its clean save
-        with lock:
-            processes.discard(process)
-    run.exit_code = code
-    run.seconds = round((run.seconds or 0.0) + time.perf_counter() - started, 1)
-    if code == 0:
-        run.status, run.error = "finished", None
-    elif timed_out and code in (128 + signal.SIGTERM, -signal.SIGTERM):
-        run.status = "stopped"
-        run.error = f"stopped at its time limit ({limit_s:g} s) after a save; --resume continues it"
-    elif code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
-        run.status, run.error = "interrupted", None
-    else:
-        run.status = "failed"
-        run.error = _tail(log_path)
-
-
 def _finished(run: SweepRun, sweep_dir: Path) -> bool:
     # A resumed run that was already done says "nothing to do" and writes no summary: its
     # folder is the evidence.
@@ -252,7 +314,8 @@ def _flags(run: SweepRun) -> list[str]:
 def _outcome(run: SweepRun, done: int, total: int, sweep_dir: Path) -> str:
     line = f"sweep: [{done}/{total}] {run.label} {run.status} in {run.seconds:.0f} s"
     if run.status == "stopped":
-        line += " (its time limit)"
+        nothing = "nothing saved" in (run.error or "")
+        line += " (its time limit; nothing saved)" if nothing else " (its time limit)"
     if run.status == "failed" and run.error:
         last = run.error.strip().splitlines()[-1]
         line += f" (exit {run.exit_code}: {last}; log: {sweep_dir / 'logs' / run.label}.log)"

@@ -16,6 +16,7 @@ from craft.tracking.jsonl import read_metrics
 from craft.tracking.plots import latest_per_step, series
 
 SUMMARY_CSV, SUMMARY_MD, CURVES = "summary.csv", "summary.md", "curves.png"
+FENCE = "`" * 3
 
 
 @dataclass
@@ -31,7 +32,7 @@ def write_report(sweep_dir: Path) -> list[Path]:
     """Write the three files into `sweep_dir`; returns their paths."""
     sweep_dir = Path(sweep_dir)
     manifest = Manifest.load(sweep_dir)
-    rows = [_read_run(sweep_dir, run) for run in manifest.runs]
+    rows = read_rows(sweep_dir, manifest)
     best = best_row(rows)
     paths = [
         _write_csv(sweep_dir / SUMMARY_CSV, manifest, rows),
@@ -40,6 +41,12 @@ def write_report(sweep_dir: Path) -> list[Path]:
     if any(row.curve[0] for row in rows):
         paths.append(_plot(sweep_dir / CURVES, manifest, rows, best))
     return paths
+
+
+def read_rows(sweep_dir: Path, manifest: Manifest | None = None) -> list[RunRow]:
+    """Each run's figures, in the manifest's order."""
+    manifest = manifest or Manifest.load(sweep_dir)
+    return [_read_run(Path(sweep_dir), run) for run in manifest.runs]
 
 
 def best_row(rows: list[RunRow]) -> RunRow | None:
@@ -55,8 +62,10 @@ def best_row(rows: list[RunRow]) -> RunRow | None:
 def _read_run(sweep_dir: Path, run: SweepRun) -> RunRow:
     run_dir = sweep_dir / run.label
     summary: dict[str, Any] = {}
-    if (run_dir / "summary.json").is_file():
+    try:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):  # none yet, or cut short: read the metrics alone
+        summary = {}
     try:
         metrics = latest_per_step(read_metrics(run_dir))
     except DataError:  # the run died before it logged anything
@@ -133,8 +142,8 @@ def _write_markdown(path: Path, manifest: Manifest, rows: list[RunRow], best: Ru
         lines.append("| " + " | ".join(cells) + " |")
     failures = [r for r in rows if r.run.status == "failed" and r.run.error]
     for row in failures:
-        lines += ["", f"{row.run.label} failed (exit {row.run.exit_code}):", "```",
-                  row.run.error or "", "```"]  # fmt: skip
+        error = (row.run.error or "").replace(FENCE, "'" * 3)  # keeps the code block whole
+        lines += ["", f"{row.run.label} failed (exit {row.run.exit_code}):", FENCE, error, FENCE]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

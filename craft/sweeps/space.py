@@ -56,13 +56,13 @@ class Range:
 
 def parse_grid(flag: str) -> Axis:
     """`Schedule.peak_lr=1e-3,3e-3` -> Axis('Schedule.peak_lr', ('1e-3', '3e-3'))."""
-    key, values = _split_flag("grid", flag)
-    items = split_top_level(values)
+    key, text = _split_flag("grid", flag)
+    items = split_top_level(text)
     if not items or any(not item for item in items):
         raise ConfigError(f"--grid={flag}: give the values after '=', separated by commas")
-    for item in items:
-        _literal_or_word(item, f"--grid={flag}")
-    if len(set(items)) != len(items):
+    # Compared as values: 1e-3 and 0.001 are one run twice.
+    values = [_literal_or_word(item, f"--grid={flag}") for item in items]
+    if any(a == b for i, a in enumerate(values) for b in values[:i]):
         raise ConfigError(f"--grid={flag}: a value appears twice")
     return Axis(key, tuple(items))
 
@@ -163,7 +163,7 @@ def _literal_or_word(item: str, where: str) -> object:
         return item
     try:
         return ast.literal_eval(item)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError):  # TypeError: {[1]: 2}, an unhashable key
         if re.fullmatch(r"[\w.\-/]+", item):
             return item
         raise ConfigError(f"{where}: cannot read the value {item!r}") from None

@@ -69,9 +69,13 @@ def main() -> int:
                         help="seconds a run may train before it is stopped")  # fmt: skip
     parser.add_argument("--parallel", type=int, default=None, help="a sweep's runs at once")
     parser.add_argument("--outputs", default=str(REPO / "outputs" / "chatgot"))
-    parser.add_argument("--results", default=str(RESULTS), help="where the row files go")
+    parser.add_argument(
+        "--results", default=str(RESULTS), help="row files (sweep reports go beside: sweeps/)"
+    )
     parser.add_argument("--smoke", action="store_true", help="toy settings: check the path")
     args = parser.parse_args()
+    if args.smoke and args.results == str(RESULTS):  # toy rows never land among the real ones
+        args.results = str(Path(args.outputs) / "smoke" / "results")
     if args.action == "table":
         from experiments.chatgot.table import write_table
 
@@ -146,6 +150,8 @@ def run_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def sweep_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run the row's sweep; its report is kept, its best run is the row's result."""
+    from craft.sweeps.report import best_row, read_rows
+
     gin = f"experiments/chatgot/{row}.gin"
     grid = [f"--grid={flag}" for flag in ROWS[row]["grid"]]
     flags = [f"--gin_file={gin}", *device_flags(), *(SMOKE if args.smoke else [])]
@@ -172,13 +178,12 @@ def sweep_row(row: str, args: argparse.Namespace) -> dict[str, Any]:
     for name in ("summary.md", "summary.csv", "curves.png", "sweep.json"):
         if (sweep_dir / name).is_file():
             shutil.copy2(sweep_dir / name, kept / name)
-    manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    best = _best_run(sweep_dir, manifest)
+    best = best_row(read_rows(sweep_dir))  # the run the sweep's summary.md calls best
     if best is None:
         raise RowFailedError(f"no run of the sweep {sweep_dir} finished")
-    overrides = [f"--gin.{key}={value}" for key, value in best["bindings"].items()]
+    overrides = [f"--gin.{key}={value}" for key, value in best.run.bindings.items()]
     command = " ".join(["python -m craft.main", *flags, *overrides])
-    return finish(row, sweep_dir / best["label"], command, time.perf_counter() - started, args,
+    return finish(row, sweep_dir / best.run.label, command, time.perf_counter() - started, args,
                   sweep=f"sweeps/{kept.name}")  # fmt: skip
 
 
@@ -246,22 +251,10 @@ def finish(row: str, run_dir: Path, command: str, wall_s: float, args: argparse.
     return result
 
 
-def _best_run(sweep_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    scored = []
-    for run in manifest["runs"]:
-        path = sweep_dir / run["label"] / "summary.json"
-        if run["status"] in ("finished", "stopped") and path.is_file():
-            loss = json.loads(path.read_text()).get("best_val_loss")
-            if loss is not None:
-                scored.append((loss, run))
-    return min(scored, key=lambda pair: pair[0])[1] if scored else None
-
-
 def _run_count(row: str) -> int:
-    count = 1
-    for flag in ROWS[row]["grid"]:
-        count *= len(flag.split("=", 1)[1].split(","))
-    return count
+    from craft.sweeps.space import expand, parse_grid
+
+    return len(expand([parse_grid(flag) for flag in ROWS[row]["grid"]], [], None, 0))
 
 
 def _val_curve(run_dir: Path) -> list[list[float]]:
