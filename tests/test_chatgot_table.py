@@ -42,6 +42,7 @@ def test_the_table_lists_each_row_and_keeps_the_text_around_it(tmp_path: Path) -
     table = [line for line in text.splitlines() if line.startswith("| ")]
     # CPU rows first, small to large; then the rows no device ran.
     assert table[1].startswith("| char_1m | x86_64, 2 cores | 0.81M | 1.54M | 1750 / 2000 |")
+    assert "| 1.7 min |" in table[1]  # the training loop's time
     assert (
         "**2.101**" in table[1]
         and "5e-04" not in table[1]

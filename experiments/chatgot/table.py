@@ -35,19 +35,20 @@ def _load(results: Path) -> list[dict[str, Any]]:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| row | device | params | tokens seen | best step | best val loss | val bpc | "
-        "test bpc | wall | recipe (lr, dropout, wd, batch x context) | command |",
+        "| row | device | params | tokens seen | best step / steps | best val loss | val bpc | "
+        "test bpc | train time | recipe (lr, dropout, wd, batch x context) | command |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     done = set()
     for r in rows:
         done.add((r["row"], r["device"]))
         recipe = r["recipe"]
+        stopped = "" if r["status"] == "finished" else " (stopped at its time limit)"
         lines.append(
             f"| {r['row']} | {r['device_name']} | {r['params'] / 1e6:.2f}M | "
-            f"{r['tokens_seen'] / 1e6:.2f}M | {r['best_step']} / {r['steps']} | "
+            f"{r['tokens_seen'] / 1e6:.2f}M | {r['best_step']} / {r['steps']}{stopped} | "
             f"{r['best_val_loss']:.4f} | {r['val_bpc']:.3f} | **{r['test_bpc']:.3f}** | "
-            f"{_minutes(r['wall_s'])} | {recipe['peak_lr']:g}, {recipe['dropout']:g}, "
+            f"{_minutes(r['train_s'])} | {recipe['peak_lr']:g}, {recipe['dropout']:g}, "
             f"{recipe['weight_decay']:g}, {recipe['batch_size']} x {recipe['context']} | "
             f"`{r['command']}` |"
         )
