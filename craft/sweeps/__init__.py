@@ -16,7 +16,7 @@ from craft.sweeps import engine
 from craft.sweeps.engine import SweepResult
 from craft.sweeps.manifest import Manifest
 from craft.sweeps.report import write_report
-from craft.sweeps.space import expand, parse_grid, parse_range
+from craft.sweeps.space import check_whole, expand, parse_grid, parse_range
 
 DEFAULT_PARALLEL = 2
 """Runs at once. Measured on 2 cores with the 1M ChatGOT config: two runs of one thread each
@@ -52,8 +52,7 @@ def sweep(
         if run_limit_s is None:  # the limit it was started with, unless another is given
             run_limit_s = manifest.flags.get("run_limit_s")
     else:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"--seed must be a whole number >= 0, got {seed!r}")
+        check_whole("seed", seed, 0)
         axes = [parse_grid(flag) for flag in grid]
         drawn = [parse_range(flag) for flag in ranges]
         bindings = expand(axes, drawn, draws, seed)

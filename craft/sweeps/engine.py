@@ -28,6 +28,7 @@ from craft.errors import ConfigError
 from craft.optim import Schedule
 from craft.runs import RunConfig, create_run_dir
 from craft.sweeps.manifest import Manifest, SweepRun, run_label
+from craft.sweeps.space import check_whole
 from craft.train.config import TrainConfig
 
 ERROR_LINES = 15
@@ -284,8 +285,7 @@ class _SweepLock:
 
 def check_parallel(parallel: object) -> None:
     """Refuse a --parallel that is not a whole number >= 1 (before any folder is made)."""
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ConfigError(f"--parallel must be a whole number >= 1, got {parallel!r}")
+    check_whole("parallel", parallel, 1)
 
 
 def check_run_limit(limit: object) -> None:

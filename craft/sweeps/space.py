@@ -106,8 +106,8 @@ def expand(
         raise ConfigError("--range needs --random=N: how many draws to make")
     if draws is not None and not ranges:
         raise ConfigError("--random=N needs at least one --range to draw from")
-    if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
-        raise ConfigError(f"--random must be a whole number >= 1, got {draws!r}")
+    if draws is not None:
+        check_whole("random", draws, 1)
     if not axes and not ranges:
         raise ConfigError("a sweep needs --grid=Name.field=v1,v2 or --random=N with --range")
     rng = random.Random(seed)
@@ -118,6 +118,12 @@ def expand(
         for point in points
         for draw in drawn
     ]
+
+
+def check_whole(flag: str, value: object, minimum: int) -> None:
+    """Refuse `--flag=value` unless it is a whole number >= minimum (fire passes any type)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"--{flag} must be a whole number >= {minimum}, got {value!r}")
 
 
 def split_top_level(text: str) -> list[str]:
