@@ -21,7 +21,7 @@ from craft.tasks import TASKS
 from craft.tracking import MetricsConfig, TrackingHook, make_trackers
 from craft.train.config import TrainConfig
 from craft.train.hooks import Hook
-from craft.train.loop import fit, make_setup
+from craft.train.loop import find_hook, fit, make_setup
 from craft.train.stop import StopSignal
 
 
@@ -65,6 +65,8 @@ def _train(
 ) -> dict[str, Any]:  # fmt: skip
     run_cfg, train_cfg = _get(configs, RunConfig), _get(configs, TrainConfig)
     task_cls = TASKS[run_cfg.task]
+    for path in train_cfg.hooks:  # a bad path fails now, not after the data is prepared
+        find_hook(path)
     distributed.init(world, timeout_s=train_cfg.dist_timeout_s)
     finished = False
     try:

@@ -30,6 +30,7 @@ from craft.runs import RunConfig, create_run_dir
 from craft.sweeps.manifest import Manifest, SweepRun, run_label
 from craft.sweeps.space import check_whole
 from craft.train.config import TrainConfig
+from craft.train.loop import find_hook
 
 ERROR_LINES = 15
 """How much of a failed run's output the manifest and the sweep's message keep."""
@@ -59,12 +60,14 @@ def validate(manifest: Manifest) -> None:
         try:
             config.parse(manifest.gin_files, [*manifest.gin_params, *_flags(run)])
             built = config.build_all()
-            # The schedule against the run's length: the one check across configs that a run
-            # makes before its data is read.
+            # What a run checks before its data is read: the schedule against the run's
+            # length, and that its hooks import.
             train = built[TrainConfig.__name__]
             schedule = built[Schedule.__name__]
             assert isinstance(train, TrainConfig) and isinstance(schedule, Schedule)
             schedule.for_run(train.steps)
+            for path in train.hooks:
+                find_hook(path)
         except ConfigError as error:
             problems.append(f"run {run.label}: {error}")
     config.reset()

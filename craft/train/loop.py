@@ -449,12 +449,18 @@ def _restore(path: Path, fresh: TrainState) -> TrainState:
     return state
 
 
-def _load_hook(path: str) -> Hook:
+def find_hook(path: str) -> Any:
+    """The Hook class (or factory) an import path in TrainConfig.hooks names; imports it, makes
+    nothing, so a bad path fails before a run prepares its data."""
     module_name, _, class_name = path.rpartition(".")
     try:
-        hook = getattr(importlib.import_module(module_name), class_name)()
+        return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(f"TrainConfig.hooks: cannot load '{path}': {error}") from None
+
+
+def _load_hook(path: str) -> Hook:
+    hook = find_hook(path)()
     if not isinstance(hook, Hook):
         raise ConfigError(f"TrainConfig.hooks: '{path}' is not a craft.train.hooks.Hook")
     return hook
