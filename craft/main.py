@@ -103,6 +103,7 @@ class Commands:
         """
         if batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
+        where = _device_flag(device)  # a bad flag fails before the checkpoint is read
         path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
         loaded = load_for_inference(path)
         sampling = {"num_samples": num_samples, "steps": steps, "guidance": guidance,
@@ -116,7 +117,6 @@ class Commands:
         task = loaded.task(data_dir)
         if isinstance(task, Diffusion):  # before the loss: a bad flag fails at once
             check_options(task.sampler, steps=steps, guidance=guidance, kind=sampler)
-        where = _device_flag(device)
         results = evaluate(
             task, loaded.loss_fn(task), tree_map(lambda leaf: leaf.to(where), loaded.params),
             split, batch_size=batch_size, device=where,
@@ -151,6 +151,7 @@ class Commands:
         if num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
         prompt = str(prompt)  # fire reads --prompt=42 as a number
+        where = _device_flag(device)
         path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
         loaded = load_for_inference(path)
         tokenizer = loaded.tokenizer()
@@ -162,7 +163,7 @@ class Commands:
             generate_text(
                 loaded.model_name, loaded.params, loaded.model_cfg, tokenizer, prompt,
                 sampling.model_copy(update={"seed": seed + index}), stream=sys.stdout,
-                compile=compile, device=_device_flag(device),
+                compile=compile, device=where,
             )  # fmt: skip
             print()
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,12 +54,20 @@ def run_cli(tmp_path: Path) -> CliRunner:
     return run
 
 
+def is_crafts(model: type) -> bool:
+    """A config Craft registers (other test modules register test-only ones, some with
+    required fields, which a fresh process would not have)."""
+    return model.__module__.startswith("craft.")
+
+
+def craft_configs() -> dict[str, Any]:
+    """Craft's own configs as gin bound them (`config.build_all` would build the test-only
+    ones too)."""
+    return {name: config.build(m) for name, m in config.registered().items() if is_crafts(m)}
+
+
 @pytest.fixture
 def craft_configs_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process commands build every registered config: leave out those other test modules
-    register (some have required fields), as a fresh process would not have them."""
-    from craft import config
-
-    own = {name: entry for name, entry in config._MODELS.items()
-           if entry.model.__module__.startswith("craft.")}  # fmt: skip
+    """In-process commands build every registered config: leave out the test-only ones."""
+    own = {name: entry for name, entry in config._MODELS.items() if is_crafts(entry.model)}
     monkeypatch.setattr(config, "_MODELS", own)

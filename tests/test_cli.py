@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from craft.models import gpt, rnn
 from tests.conftest import REPO, CliRunner
@@ -238,3 +239,20 @@ def test_fetch_got_then_main_job(run_cli: CliRunner, tmp_path: Path, got_data_di
     meta = json.loads((tmp_path / "data/prepared/got-char/meta.json").read_text())
     assert meta["split_ratios"] == [0.9, 0.05, 0.05]
     assert 250_000 < sum(meta["tokens"].values()) < 290_000
+
+
+@pytest.mark.parametrize("command", ["evaluate", "generate"])
+def test_a_bad_device_is_refused_before_the_checkpoint_is_read(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from craft.main import main
+
+    assert main([command, "--checkpoint=nowhere", "--device=tpu"]) == 2
+    assert capsys.readouterr().err == (
+        "craft: error: --device must be auto, cpu or cuda, got 'tpu'\n"
+    )
+    if not torch.cuda.is_available():
+        assert main([command, "--checkpoint=nowhere", "--device=cuda"]) == 2
+        assert capsys.readouterr().err == (
+            "craft: error: --device=cuda: no CUDA device is available here\n"
+        )

@@ -19,7 +19,7 @@ from craft.main import main
 from craft.sample_scores import score_samples
 from craft.tasks import Diffusion
 from craft.tasks.diffusion import DiffusionConfig
-from tests.conftest import CliRunner
+from tests.conftest import CliRunner, craft_configs
 from tests.digits import write_digits
 from tests.test_train import run_in_process
 
@@ -75,16 +75,6 @@ def _train_in(root: Path, params: list[str], resume: str | None = None) -> dict:
         config.reset()
         config.parse([str(root / "tiny.gin")], params)
         return train(craft_configs(), resume)
-
-
-def craft_configs() -> dict:
-    """Craft's own configs as gin bound them (other test modules register test-only ones,
-    some with required fields, so `config.build_all` is not for tests)."""
-    return {
-        name: config.build(model)
-        for name, model in config.registered().items()
-        if model.__module__.startswith("craft.")
-    }
 
 
 def _checkpoint(root: Path, step: int, name: str = "tinydiff") -> Path:

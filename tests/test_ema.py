@@ -33,6 +33,7 @@ from craft.train.meta import CheckpointMeta
 from craft.train.sharded import OptimizerShards
 from craft.train.weights import load_model
 from craft.tree import Params
+from tests.conftest import craft_configs
 from tests.test_train import TEXT, TINY
 
 CFG = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -330,11 +331,7 @@ def run_tiny(
 ) -> tuple[dict[str, Any], Any]:
     """A tiny character-level run in this process (as tests/test_train.py runs them)."""
     config.parse([], [TINY.format(source=text_file, steps=steps) + extra])
-    configs = {
-        name: config.build(model)
-        for name, model in config.registered().items()
-        if model.__module__.startswith("craft.")
-    }
+    configs = craft_configs()
     LanguageModeling.prepare(configs)
     task = LanguageModeling.open(configs)
     return fit(make_setup(configs, task, seed=0), run_dir, **kwargs), task

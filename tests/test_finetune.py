@@ -21,6 +21,7 @@ from craft.train.finetune import load_initial_params
 from craft.train.hooks import Hook, RunInfo
 from craft.train.loop import fit, make_setup
 from craft.train.meta import CheckpointMeta
+from tests.conftest import craft_configs
 from tests.test_train import TEXT, TINY
 
 CFG = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
@@ -64,11 +65,7 @@ def run_tiny(
     """A tiny character-level run in this process (as tests/test_train.py runs them);
     `samples`: with the task's text samples every 4 steps, as the CLI runs it."""
     config.parse([], [TINY.format(source=text_file, steps=steps) + extra])
-    configs = {
-        name: config.build(model)
-        for name, model in config.registered().items()
-        if model.__module__.startswith("craft.")
-    }
+    configs = craft_configs()
     LanguageModeling.prepare(configs)
     task = LanguageModeling.open(configs)
     setup = make_setup(configs, task, seed=0)

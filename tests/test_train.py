@@ -12,7 +12,7 @@ from craft import config, tree
 from craft.tasks import LanguageModeling
 from craft.tracking import MetricsConfig, TrackingHook, make_trackers, read_metrics
 from craft.train.loop import fit, make_setup
-from tests.conftest import CliRunner
+from tests.conftest import CliRunner, craft_configs
 
 TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(400))
 
@@ -48,12 +48,7 @@ def text_file(tmp_path: Path) -> Path:
 
 def run_in_process(run_dir: Path, text_file: Path, steps: int, resume: Path | None = None) -> dict:
     config.parse([], [TINY.format(source=text_file, steps=steps)])
-    # Only Craft's own models: other test modules register test-only ones.
-    configs = {
-        name: config.build(model)
-        for name, model in config.registered().items()
-        if model.__module__.startswith("craft.")
-    }
+    configs = craft_configs()
     LanguageModeling.prepare(configs)
     setup = make_setup(configs, LanguageModeling.open(configs), seed=0)
     metrics_cfg = configs["MetricsConfig"]

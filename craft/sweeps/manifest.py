@@ -16,8 +16,6 @@ from typing import Any
 from craft.errors import ConfigError
 
 MANIFEST = "sweep.json"
-STATUSES = ("pending", "running", "finished", "failed", "interrupted", "stopped")
-"""stopped: at the sweep's time limit for a run, after a save; resumable like interrupted."""
 
 
 @dataclass
@@ -27,6 +25,8 @@ class SweepRun:
     label: str
     bindings: dict[str, str]
     status: str = "pending"
+    """pending, running, finished, failed, interrupted, or stopped (at the sweep's time limit
+    for a run); all but finished are run again by --resume."""
     exit_code: int | None = None
     seconds: float | None = None
     error: str | None = None

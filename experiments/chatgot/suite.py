@@ -220,7 +220,7 @@ def finish(row: str, run_dir: Path, command: str, wall_s: float, args: argparse.
         "device_name": _device_name(),
         "torch": _torch_version(),
         "date": dt.date.today().isoformat(),
-        "params": _param_count(best),
+        "params": _param_count(meta),
         "steps": summary["steps"],
         "best_step": int(meta["step"]),
         "tokens_seen": summary["steps"] * train["batch_size"] * window,
@@ -265,17 +265,11 @@ def _val_curve(run_dir: Path) -> list[list[float]]:
     return [[s, v] for s, v in zip(steps, losses, strict=True)]
 
 
-def _param_count(path: Path) -> int:
-    from craft.checkpoint import tensor_table
+def _param_count(meta: dict[str, Any]) -> int:
+    from craft.models import model_spec
 
-    count = 0
-    for name, (_, shape) in tensor_table(path).items():
-        if name.startswith("params."):
-            size = 1
-            for dim in shape:
-                size *= dim
-            count += size
-    return count
+    spec = model_spec(meta["model"])
+    return spec.param_count(spec.config.model_validate(meta["model_config"]))
 
 
 def _device_name() -> str:
