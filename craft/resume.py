@@ -44,6 +44,7 @@ FREE_TO_CHANGE: Mapping[str, frozenset[str] | None] = {
             "threads",
             "compile",
             "compile_mode",
+            "compile_scope",
             "dist_timeout_s",
             "deterministic",
             "hooks",

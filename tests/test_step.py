@@ -46,10 +46,11 @@ def assert_trees_close(a: object, b: object, **tolerance: float) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_step_equals_eager_step() -> None:
+@pytest.mark.parametrize("scope", ["regions", "whole"])
+def test_compiled_step_equals_eager_step(scope: str) -> None:
     batches = [batch(4, seed=i) for i in range(3)]
     eager, eager_history = run(4, batches, compile=False, clip_norm=1.0)
-    compiled, compiled_history = run(4, batches, compile=True, clip_norm=1.0)
+    compiled, compiled_history = run(4, batches, compile=True, clip_norm=1.0, compile_scope=scope)
     for e, c in zip(eager_history, compiled_history, strict=True):
         assert c["loss"] == pytest.approx(e["loss"], rel=1e-5)
         assert c["grad_norm"] == pytest.approx(e["grad_norm"], rel=1e-4)
@@ -223,6 +224,12 @@ def test_bad_step_options_are_refused() -> None:
         make_train_step(LOSS, AdamW(), CONSTANT, clip_norm=0.0)
     with pytest.raises(ValueError, match="compile_mode must be one of"):
         make_train_step(LOSS, AdamW(), CONSTANT, compile_mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="compile_scope must be one of"):
+        make_train_step(LOSS, AdamW(), CONSTANT, compile_scope="some")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="replays the whole step as CUDA graphs"):
+        make_train_step(
+            LOSS, AdamW(), CONSTANT, compile_mode="reduce-overhead", compile_scope="regions"
+        )
     with pytest.raises(ValueError, match="replays CUDA graphs, which needs accum_steps=1"):
         make_train_step(LOSS, AdamW(), CONSTANT, compile_mode="reduce-overhead", accum_steps=2)
     step = make_train_step(LOSS, AdamW(), CONSTANT, accum_steps=3, compile=False)

@@ -35,6 +35,7 @@ from craft.nn import (
     rms_norm,
     rotary_tables,
 )
+from craft.nn.region import region
 from craft.tree import Params
 
 
@@ -201,6 +202,7 @@ def decode_step(
     return _logits(params, x, cfg)
 
 
+@region  # compiled once and reused by every layer (the step's regional compilation)
 def _block(
     block: Params,
     x: torch.Tensor,

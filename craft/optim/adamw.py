@@ -1,7 +1,8 @@
 """AdamW with decoupled weight decay, as a pure-looking function over params trees.
 
 `update` works in place on the params and state it is given (they are consumed, as in the
-train step) with `_foreach` kernels; `lr` is a tensor so a schedule never recompiles the step.
+train step) with PyTorch's fused kernel, or `_foreach` kernels under torch.compile; `lr` is a
+tensor so a schedule never recompiles the step.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from craft.optim.masks import EMBEDDING_NAMES, roles
 from craft.tree import Params
 
 OptState = dict[str, Any]
+_DECAYS: dict[Any, list[bool]] = {}  # decay_mask per tree structure and decay setting
 
 
 @configurable
@@ -49,14 +51,31 @@ class AdamW(BaseModel):
     def update(
         self, grads: Params, state: OptState, params: Params, *, lr: torch.Tensor | float
     ) -> tuple[Params, OptState]:
-        """One step; `params` and `state` are updated in place and returned."""
-        p, g = tree.leaves(params), tree.leaves(grads)
+        """One step; `params` and `state` are updated in place and returned.
+
+        Run eagerly, it is PyTorch's fused multi-tensor AdamW kernel (one pass over each
+        tensor, no graph to compile); traced by torch.compile, `_foreach` ops that inductor
+        fuses. Both compute the same update."""
+        p, structure = tree.flatten(params)
+        g = tree.leaves(grads)
         mu, nu = tree.leaves(state["mu"]), tree.leaves(state["nu"])
         step = state["step"]
         step.add_(1)
         lr = torch.as_tensor(lr, dtype=torch.float32)
+        decays = self._decays(params, p, structure)
+        if not torch.compiler.is_compiling() and _fusable(p, g, mu, nu, step):
+            for on in (True, False):
+                pick = [i for i, decay in enumerate(decays) if decay == on]
+                if pick:
+                    torch._fused_adamw_(
+                        [p[i] for i in pick], [g[i] for i in pick], [mu[i] for i in pick],
+                        [nu[i] for i in pick], [], [step] * len(pick), lr=lr.to(step.device),
+                        beta1=self.beta1, beta2=self.beta2, eps=self.eps, amsgrad=False,
+                        weight_decay=self.weight_decay if on else 0.0, maximize=False,
+                    )  # fmt: skip
+            return params, state
         if self.weight_decay:
-            decayed = [leaf for leaf, on in zip(p, decay_mask(params, self), strict=True) if on]
+            decayed = [leaf for leaf, on in zip(p, decays, strict=True) if on]
             if decayed:
                 torch._foreach_mul_(decayed, 1.0 - lr * self.weight_decay)
         torch._foreach_lerp_(mu, g, 1.0 - self.beta1)
@@ -71,6 +90,31 @@ class AdamW(BaseModel):
         torch._foreach_mul_(updates, lr / bias1)
         torch._foreach_sub_(p, updates)
         return params, state
+
+    def _decays(self, params: Params, leaves: list[torch.Tensor], structure: Any) -> list[bool]:
+        # Matching names costs 0.5 ms a step at 76 leaves: once per tree and setting.
+        key = (
+            structure, tuple(leaf.ndim for leaf in leaves), self.decay_vectors,
+            self.decay_embeddings, tuple(self.embeddings),
+        )  # fmt: skip
+        if key not in _DECAYS:
+            _DECAYS[key] = decay_mask(params, self)
+        return _DECAYS[key]
+
+
+def _fusable(*groups: Any) -> bool:
+    """Can PyTorch's fused AdamW kernel take these: floating tensors of one dtype, on one CPU or
+    CUDA device (the step tensor is float32 there too)?"""
+    step = groups[-1]
+    tensors = [t for group in groups[:-1] for t in group]
+    first = tensors[0] if tensors else step
+    return (
+        first.device.type in ("cpu", "cuda")
+        and first.dtype.is_floating_point
+        and step.dtype == torch.float32
+        and step.device == first.device
+        and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
+    )
 
 
 def decay_mask(params: Params, opt: AdamW) -> list[bool]:

@@ -35,6 +35,9 @@ class Tracker:
     def finish(self) -> None:
         """After the run: flush and close."""
 
+    def status(self, text: str) -> None:
+        """What the run is doing now, until the next step (e.g. compiling the step)."""
+
 
 class Trackers(Tracker):
     """Several trackers as one; a tracker that raises is warned about once and dropped, except
@@ -57,6 +60,9 @@ class Trackers(Tracker):
 
     def finish(self) -> None:
         self._each("finish")
+
+    def status(self, text: str) -> None:
+        self._each("status", text)
 
     def log_train(self, metrics: dict[str, float], step: int, last: bool) -> None:
         """Train metrics to each tracker whose `every` divides `step` (all at the last step)."""

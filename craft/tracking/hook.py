@@ -62,6 +62,9 @@ class TrackingHook(Hook):
     def on_eval(self, run: RunInfo, step: int, results: dict[str, float]) -> None:
         self.trackers.log(results, step)
 
+    def on_status(self, run: RunInfo, text: str) -> None:
+        self.trackers.status(text)
+
     def on_end(self, run: RunInfo, summary: dict[str, Any]) -> None:
         self.trackers.finish()
         try:

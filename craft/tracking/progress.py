@@ -39,7 +39,7 @@ class ProgressTracker(Tracker):
             self._last_line = time.monotonic()
 
     def status(self, text: str) -> None:
-        """A note shown until the next step (e.g. "compiling")."""
+        """A note shown until the next step (e.g. "compiling the step")."""
         self._status = text
         if self._bar is not None:
             self._bar.set_description_str(text)

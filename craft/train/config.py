@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from craft.config import configurable, unknown_name
 from craft.models import MODELS
-from craft.train.step import CompileMode
+from craft.train.step import CompileMode, CompileScope
 
 
 @configurable
@@ -31,6 +31,11 @@ class TrainConfig(BaseModel):
     compile_mode: CompileMode = "default"
     """torch.compile's mode; "reduce-overhead" replays CUDA graphs on a GPU (small models are
     launch-bound there) and needs accum_steps = 1."""
+    compile_scope: CompileScope = "auto"
+    """What is compiled: "regions" compiles the model's repeated block once and reuses it for
+    every layer and runs the update with the optimizer's fused kernel (a cold start in
+    seconds); "whole" compiles the whole forward and the whole update as one graph each.
+    "auto": regions on a CPU, whole on a GPU (and with CUDA graphs)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0)
     """CPU threads for torch; None keeps torch's default."""
@@ -99,7 +104,13 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of accum_steps={self.accum_steps}"
             )
-        if self.compile_mode in ("reduce-overhead", "max-autotune") and self.accum_steps > 1:
+        graphs = self.compile_mode in ("reduce-overhead", "max-autotune")
+        if graphs and self.compile_scope == "regions":
+            raise ValueError(
+                f"compile_mode={self.compile_mode!r} replays the whole step as CUDA graphs: use "
+                "compile_scope='whole' or 'auto'"
+            )
+        if graphs and self.accum_steps > 1:
             raise ValueError(
                 f"compile_mode={self.compile_mode!r} replays CUDA graphs, which needs "
                 f"accum_steps=1 (got {self.accum_steps})"

@@ -2,7 +2,8 @@
 
 A hook subclasses `Hook` and overrides what it needs. The loop calls, in order of the hooks list:
 `on_start` once, `on_step_end` after every step, `on_eval` after each evaluation,
-`on_checkpoint` after each checkpoint is written, and `on_end` once (also after Ctrl-C or a
+`on_checkpoint` after each checkpoint is written, `on_status` when the loop is busy with
+something other than steps (compiling the step), and `on_end` once (also after Ctrl-C or a
 failure, so files get closed). A user adds one through gin:
 `TrainConfig.hooks = ['my_package.my_module.MyHook']` (constructed with no arguments).
 """
@@ -56,3 +57,6 @@ class Hook:
 
     def on_end(self, run: RunInfo, summary: dict[str, Any]) -> None:
         """After the last step, an interruption or a failure; summary says which."""
+
+    def on_status(self, run: RunInfo, text: str) -> None:
+        """What the loop is doing now when it is not stepping (e.g. compiling the step)."""

@@ -39,7 +39,7 @@ from craft.train.lora import LoRAConfig
 from craft.train.meta import CheckpointMeta
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
-from craft.train.step import make_train_step
+from craft.train.step import compile_scope_for, make_train_step
 from craft.train.stop import Stopped, StopSignal
 from craft.train.weights import EMA
 from craft.tree import Params
@@ -198,10 +198,11 @@ def fit(
         for path in task.checkpoint_files():
             shutil.copy2(path, checkpoints / path.name)
 
+    compiled = compile_scope_for(train.compile, train.compile_scope, train.compile_mode, device)
     step_fn = make_train_step(
         loss_fn, setup.optimizer, setup.schedule, precision=train.precision,
         accum_steps=train.accum_steps, clip_norm=train.clip_norm, compile=train.compile,
-        compile_mode=train.compile_mode,
+        compile_mode=train.compile_mode, compile_scope=compiled if compiled != "off" else "auto",
         grad_sync=distributed.all_reduce_sum if world.size > 1 and shards is None else None,
         shards=shards, rank=world.rank,
         deterministic=train.deterministic if train.deterministic is not None
@@ -251,7 +252,9 @@ def fit(
             hook.on_eval(run, step, named)
         return named
 
-    summary: dict[str, Any] = {"status": "running", "start_step": start, "run_dir": str(run_dir)}
+    summary: dict[str, Any] = {
+        "status": "running", "start_step": start, "run_dir": str(run_dir), "compile": compiled,
+    }  # fmt: skip
     final: dict[str, float] = {}
     started = time.perf_counter()
     step = start
@@ -265,6 +268,9 @@ def fit(
         stop.check(world, device)  # a SIGTERM while the data was being prepared
         while step < train.steps:
             tick = time.perf_counter()
+            if step == start and compiled != "off":
+                for hook in all_hooks:
+                    hook.on_status(run, f"compiling the step ({compiled}): the first step waits")
             batch = task.train_batch(seed=setup.seed, step=step, size=train.batch_size)
             batch = distributed.shard(batch, world)
             batch = {name: value.to(device, non_blocking=True) for name, value in batch.items()}
@@ -282,6 +288,8 @@ def fit(
                     )
                 )
             elapsed = max(time.perf_counter() - tick, 1e-9)
+            if step == start + 1:
+                summary["first_step_s"] = round(elapsed, 2)
             weight = metrics.pop("weight")
             metrics.update({task.unit: weight, f"{task.unit}_per_s": weight / elapsed})
             metrics["step_time_s"] = elapsed

@@ -23,8 +23,10 @@ import torch
 
 from craft import distributed, tree
 from craft.nn.random import fold_in
+from craft.nn.region import compiled_regions
 from craft.optim import Optimizer
 from craft.optim.masks import select
+from craft.train.inductor import trust_cpu_vector_isa
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState
 from craft.tree import Params
@@ -32,6 +34,8 @@ from craft.tree import Params
 Precision = Literal["fp32", "bf16", "fp16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
+CompileScope = Literal["auto", "regions", "whole"]
+COMPILE_SCOPES: tuple[str, ...] = get_args(CompileScope)
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """`loss_fn(params, batch, *, rng) -> (mean loss, {"weight": n, ...})`: the mean over the
@@ -53,6 +57,7 @@ def make_train_step(
     clip_norm: float | None = None,
     compile: bool = True,
     compile_mode: CompileMode = "default",
+    compile_scope: CompileScope = "auto",
     growth_interval: int = GROWTH_INTERVAL,
     grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
     shards: OptimizerShards | None = None,
@@ -75,6 +80,12 @@ def make_train_step(
       on a GPU (one launch for many small kernels): params and optimizer state are marked as
       static addresses (they are updated in place), and accum_steps must be 1, since a replay
       reuses the memory of the previous micro-batch's gradients.
+    - compile_scope: "regions" compiles each compile region of the model (`craft.nn.region`,
+      e.g. a GPT block) once and reuses it for every layer, runs the rest of the forward
+      eagerly, and runs the update eagerly (the optimizer's fused multi-tensor kernel): a
+      graph over every leaf grows with the model's depth, and so does its compile time.
+      "whole" compiles the whole forward and the whole update as one graph each. "auto":
+      regions on a CPU, whole elsewhere (and whenever CUDA graphs are replayed).
     - grad_sync: data parallel; sums tensors across processes in place (e.g.
       `craft.distributed.all_reduce_sum`). Called once per step, after the last micro-batch,
       on the gradients and on the loss and weight sums, so every rank normalises by the global
@@ -119,12 +130,21 @@ def make_train_step(
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     if compile_mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+    if compile_scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
     graphs = compile and compile_mode in ("reduce-overhead", "max-autotune")
+    if graphs and compile_scope == "regions":
+        raise ValueError(
+            f"compile_mode={compile_mode!r} replays the whole step as CUDA graphs: use "
+            "compile_scope='whole' (or 'auto')"
+        )
     if graphs and accum_steps > 1:
         raise ValueError(
             f"compile_mode={compile_mode!r} replays CUDA graphs, which needs accum_steps=1 "
             f"(got {accum_steps}): a replay reuses the previous micro-batch's gradient memory"
         )
+    if compile:
+        trust_cpu_vector_isa()
     rank = distributed.rank() if rank is None else rank
     if shards is not None and shards.rank != rank:
         raise ValueError(f"shards were planned for rank {shards.rank}, but this is rank {rank}")
@@ -218,6 +238,7 @@ def make_train_step(
         if ema_decay is not None:  # the whole EMA, once the params are whole again
             update_ema_c = maybe_compile(update_ema)
 
+    region_options = {**torch._inductor.list_mode_options(compile_mode)}
     checked: dict[str, Params] = {}  # the last EMA tree checked against the trained params
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -245,6 +266,7 @@ def make_train_step(
             torch.compiler.cudagraph_mark_step_begin()
         micros = _split(batch, accum_steps)
         step_key = fold_in(state.rng, state.step)
+        regional = compile and _regional(compile_scope, graphs, step_key.device)
         scale = state.loss_scale["scale"]
         rows = torch.arange(_rows(micros[0]), device=step_key.device)
         first_row = rank * _rows(batch)
@@ -252,9 +274,13 @@ def make_train_step(
         for index, micro in enumerate(micros):
             # One key per row of the global batch: dropout masks follow the data, not the split.
             row_keys = fold_in(step_key, rows + (first_row + index * len(rows)))
-            with _deterministic() if deterministic and compile else contextlib.nullcontext():
-                # The backward is compiled lazily on its first call: it must see the mode too.
-                objective, micro_loss, micro_weight = forward_c(
+            with contextlib.ExitStack() as scope:
+                if deterministic and compile:
+                    # The backward is compiled lazily on its first call: it must see the mode too.
+                    scope.enter_context(_deterministic())
+                if regional:
+                    scope.enter_context(compiled_regions(region_options))
+                objective, micro_loss, micro_weight = (forward if regional else forward_c)(
                     state.params, micro, row_keys, scale
                 )
                 objective.backward()
@@ -281,10 +307,12 @@ def make_train_step(
                 view = state if trainable is None else state._replace(params=trained)
                 if precision == "fp16":
                     norm, lr, skipped = _fp16_update(
-                        view, grads, weight, unscale_c, apply_update_c, growth_interval
-                    )
+                        view, grads, weight,
+                        unscale if regional else unscale_c,
+                        apply_update if regional else apply_update_c, growth_interval,
+                    )  # fmt: skip
                 else:
-                    norm, lr = update_c(view, grads, weight)
+                    norm, lr = (update if regional else update_c)(view, grads, weight)
                     skipped = torch.zeros((), dtype=torch.int64)
             state.step.add_(1)
         metrics = {
@@ -300,6 +328,23 @@ def make_train_step(
         return state, metrics
 
     return step
+
+
+def compile_scope_for(
+    compile: bool, scope: CompileScope, mode: CompileMode, device: torch.device
+) -> Literal["off", "regions", "whole"]:
+    """What a step built with these settings compiles on `device`."""
+    if not compile:
+        return "off"
+    graphs = mode in ("reduce-overhead", "max-autotune")
+    return "regions" if _regional(scope, graphs, device) else "whole"
+
+
+def _regional(scope: CompileScope, graphs: bool, device: torch.device) -> bool:
+    """Does this step compile by regions? "auto": on a CPU, unless CUDA graphs are replayed."""
+    if scope == "auto":
+        return device.type == "cpu" and not graphs
+    return scope == "regions"
 
 
 def _fp16_update(
