@@ -8,7 +8,7 @@
 set -u
 OUT=${OUT:-/tmp/craft-gpu}
 BUDGET_S=${BUDGET_S:-540}
-PARTS=${PARTS:-all}  # or some of: decode step-10m step-124m-b12 tests step-124m-b32 diffusion chatgot
+PARTS=${PARTS:-all}  # or some of: decode step-10m step-124m-b12 tests cold-start step-124m-b32 diffusion chatgot
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
@@ -45,6 +45,10 @@ part step-124m-b12 180 python3 benchmarks/train_step.py --device=cuda --only=gpu
     --no-remat-memory --no-graphs --steps=10 --rounds=3
 part tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     tests/test_step.py::test_cuda_graph_mode_step_equals_eager_step
+# Compile time to the first step, cold and warm inductor cache: Craft by regions and whole
+# against torch.compile(model) (issue: <= 1.5x its compile time at 124M), then steady speed.
+part cold-start 480 python3 benchmarks/cold_start.py --device=cuda --shapes=10m,124m \
+    --rounds=3 --steps=5 --threads="$(nproc)"
 part step-124m-b32 150 python3 benchmarks/train_step.py --device=cuda --only=gpu-124m-b32 \
     --no-remat-memory --no-graphs --steps=5 --rounds=3
 # The MNIST diffusion GPU config (a longer budget of its own: BUDGET_S=2400 PARTS=diffusion),

@@ -256,3 +256,19 @@ def test_a_bad_device_is_refused_before_the_checkpoint_is_read(
         assert capsys.readouterr().err == (
             "craft: error: --device=cuda: no CUDA device is available here\n"
         )
+
+
+@pytest.mark.slow
+def test_a_compiled_run_says_it_compiles_and_records_what(
+    run_cli: CliRunner, tmp_path: Path, text_file: Path
+) -> None:
+    (tmp_path / "tiny.gin").write_text(
+        f"RunConfig.name = 'tiny'\nDataConfig.source = '{text_file}'\nDataConfig.window = 8\n"
+    )
+    result = run_cli("--gin_file=tiny.gin", *QUICK, "--gin.TrainConfig.compile=True")
+    assert result.returncode == 0, result.stderr
+    assert "craft: compiling the step (regions): the first step waits" in result.stderr
+    [run_dir] = list((tmp_path / "outputs/experiments/tiny").glob("*/*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["compile"] == "regions"
+    assert summary["first_step_s"] > 0

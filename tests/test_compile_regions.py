@@ -127,17 +127,17 @@ def test_fused_adamw_is_the_foreach_update(
 
 
 def test_the_user_vector_isa_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = torch._inductor.config.cpp
-    monkeypatch.setattr(config, "vec_isa_ok", None)
-    monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
-    trust_cpu_vector_isa()
-    assert config.vec_isa_ok is None  # torch reads the variable itself
-    monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK")
-    trust_cpu_vector_isa()
-    assert config.vec_isa_ok is True
-    monkeypatch.setattr(config, "vec_isa_ok", False)
-    trust_cpu_vector_isa()
-    assert config.vec_isa_ok is False  # set in code: kept
+    config = torch._inductor.config
+    with config.patch({"cpp.vec_isa_ok": None}):  # restored after the test
+        monkeypatch.setenv("TORCHINDUCTOR_VEC_ISA_OK", "0")
+        trust_cpu_vector_isa()
+        assert config.cpp.vec_isa_ok is None  # torch reads the variable itself
+        monkeypatch.delenv("TORCHINDUCTOR_VEC_ISA_OK")
+        trust_cpu_vector_isa()
+        assert config.cpp.vec_isa_ok is True
+        config.cpp.vec_isa_ok = False
+        trust_cpu_vector_isa()
+        assert config.cpp.vec_isa_ok is False  # set in code: kept
 
 
 def test_auto_scope_is_regions_on_a_cpu_and_whole_elsewhere() -> None:
