@@ -6,7 +6,9 @@ optimizer state are updated in place and the same tensors come back; use the ret
 Keeping one copy of them is what makes large models fit. Inside, each micro-batch runs a
 compiled forward (autocast when asked) and PyTorch's own autograd computes the gradients into
 `.grad`; one compiled update unscales, clips and applies the optimizer in place, then moves
-the EMA of the params (when asked) towards them.
+the EMA of the params (when asked) towards them. Compiled by regions (the CPU default), only
+the model's repeated block is compiled, once for every layer, and the update runs eagerly
+(the optimizer's fused kernel): the same math, a first step in seconds.
 
 The step knows nothing of tasks: a batch is any dict of tensors split along dim 0, and the loss
 says how much each micro-batch weighs (tokens, images). Params require gradients only while the
