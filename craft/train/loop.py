@@ -202,7 +202,7 @@ def fit(
     step_fn = make_train_step(
         loss_fn, setup.optimizer, setup.schedule, precision=train.precision,
         accum_steps=train.accum_steps, clip_norm=train.clip_norm, compile=train.compile,
-        compile_mode=train.compile_mode, compile_scope=compiled if compiled != "off" else "auto",
+        compile_mode=train.compile_mode, compile_scope=train.compile_scope,
         grad_sync=distributed.all_reduce_sum if world.size > 1 and shards is None else None,
         shards=shards, rank=world.rank,
         deterministic=train.deterministic if train.deterministic is not None

@@ -84,8 +84,9 @@ def make_train_step(
       reuses the memory of the previous micro-batch's gradients.
     - compile_scope: "regions" compiles each compile region of the model (`craft.nn.region`,
       e.g. a GPT block) once and reuses it for every layer, runs the rest of the forward
-      eagerly, and runs the update eagerly (the optimizer's fused multi-tensor kernel): a
-      graph over every leaf grows with the model's depth, and so does its compile time.
+      eagerly, and runs the update eagerly (the optimizer's fused multi-tensor kernel; with
+      `shards` the sharded update stays compiled): a graph over every leaf grows with the
+      model's depth, and so does its compile time.
       "whole" compiles the whole forward and the whole update as one graph each. "auto":
       regions on a CPU, whole elsewhere (and whenever CUDA graphs are replayed).
     - grad_sync: data parallel; sums tensors across processes in place (e.g.
@@ -268,7 +269,9 @@ def make_train_step(
             torch.compiler.cudagraph_mark_step_begin()
         micros = _split(batch, accum_steps)
         step_key = fold_in(state.rng, state.step)
-        regional = compile and _regional(compile_scope, graphs, step_key.device)
+        regional = compile_scope_for(compile, compile_scope, compile_mode, step_key.device) == (
+            "regions"
+        )
         scale = state.loss_scale["scale"]
         rows = torch.arange(_rows(micros[0]), device=step_key.device)
         first_row = rank * _rows(batch)
@@ -335,18 +338,14 @@ def make_train_step(
 def compile_scope_for(
     compile: bool, scope: CompileScope, mode: CompileMode, device: torch.device
 ) -> Literal["off", "regions", "whole"]:
-    """What a step built with these settings compiles on `device`."""
+    """What a step built with these settings compiles on `device`. "auto": regions on a CPU,
+    unless CUDA graphs are replayed; whole elsewhere."""
     if not compile:
         return "off"
-    graphs = mode in ("reduce-overhead", "max-autotune")
-    return "regions" if _regional(scope, graphs, device) else "whole"
-
-
-def _regional(scope: CompileScope, graphs: bool, device: torch.device) -> bool:
-    """Does this step compile by regions? "auto": on a CPU, unless CUDA graphs are replayed."""
     if scope == "auto":
-        return device.type == "cpu" and not graphs
-    return scope == "regions"
+        graphs = mode in ("reduce-overhead", "max-autotune")
+        return "regions" if device.type == "cpu" and not graphs else "whole"
+    return scope
 
 
 def _fp16_update(
