@@ -238,6 +238,7 @@ _DTYPES = {
     "F64": torch.float64,
     "I64": torch.int64,
     "I32": torch.int32,
+    "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }

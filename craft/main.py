@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from craft import config, launch, sweeps
 from craft.checkpoint import resolve as resolve_checkpoint
+from craft.compress.quantize import check_bits, quantize_checkpoint
 from craft.config import ModelT
 from craft.data.config import DataConfig, TokenizerConfig
 from craft.data.prepare import PreparedData, default_prepared_dir, prepare, training_lines
@@ -217,6 +218,21 @@ class Commands:
         path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
         output = _path_flag("output", output, "a folder for the Hugging Face files")
         print(export_checkpoint(path, Path(output)))
+
+    def quantize(
+        self, checkpoint: str, output: str, bits: int = 8, group_size: int | None = None
+    ) -> None:
+        """Write a checkpoint's model with its linear and embedding weights quantized
+        (weight-only) into the new folder --output, for evaluate and generate.
+
+        --bits=8: int8 per output channel; --bits=4: int4 in groups of --group_size (32, the
+        default, or 64) inputs, two per byte. Stored as integers plus scales; the rest of the
+        params stay fp32. Prints sizes as JSON. Training cannot resume from the result.
+        """
+        bits, group = check_bits(bits, group_size)
+        path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
+        output = _path_flag("output", output, "a new folder for the quantized checkpoint")
+        print(json.dumps(quantize_checkpoint(path, Path(output), bits, group)[1]))
 
     def sweep(
         self, random: int | None = None, parallel: int = sweeps.DEFAULT_PARALLEL,

@@ -76,6 +76,7 @@ def locate(spec: str, experiment_dir: Path) -> Resumption:
     else:
         path = checkpoint.resolve(spec)
         meta = _readable(path, latest=False)
+    _refuse_derived(path, meta)
     return Resumption(path=path, meta=meta, run_dir=run_folder_of(path))
 
 
@@ -204,6 +205,25 @@ def _latest(experiment_dir: Path) -> tuple[Path, CheckpointMeta]:
     if skipped:
         raise CheckpointError("--resume=latest: no readable checkpoint; " + "; ".join(skipped[-3:]))
     raise ConfigError(f"--resume=latest: no checkpoint under {experiment_dir}")
+
+
+def _refuse_derived(path: Path, meta: CheckpointMeta) -> None:
+    """A quantized or pruned checkpoint holds a model, not a run: no optimizer state."""
+    derived = (meta.model_extra or {}).get("derived")
+    if not isinstance(derived, dict):
+        return
+    how = str(derived.get("by", "quantize"))
+    source = derived.get("from", "the checkpoint it was made from")
+    then = (
+        f"resume from {source}, or fine-tune this one in a new run with "
+        f"RunConfig.init_from={str(path)!r}"
+        if how == "prune"
+        else f"resume from {source}; evaluate and generate read this one"
+    )
+    raise ConfigError(
+        f"--resume={path}: it was written by `craft.main {how}` and holds a model without "
+        f"optimizer state, so training cannot resume from it; {then}"
+    )
 
 
 def _readable(path: Path, *, latest: bool) -> CheckpointMeta:

@@ -21,6 +21,7 @@ from craft.errors import ConfigError
 from craft.models.spec import ModelSpec
 from craft.train import lora
 from craft.train import meta as checkpoint_meta
+from craft.train.quantized_params import quantization_of
 from craft.train.weights import load_model
 from craft.tree import Params
 
@@ -36,6 +37,11 @@ def load_initial_params(path: str | Path, spec: ModelSpec, model_cfg: Any) -> Pa
         raise ConfigError(
             f"RunConfig.init_from = {str(path)!r} holds a {held_spec.name!r} model, but this "
             f"run trains {spec.name!r} (TrainConfig.model)"
+        )
+    if quantization_of(record, path) is not None:
+        raise ConfigError(
+            f"RunConfig.init_from = {str(path)!r} is quantized (integer weights, for inference): "
+            "start from the float checkpoint it was made from"
         )
     adapted = lora.config_of(record, path)
     # Counted first (arithmetic): a record claiming a huge model fails before it is shaped.

@@ -63,18 +63,22 @@ def model_of(path: Path, meta: CheckpointMeta) -> tuple[ModelSpec, Any]:
     return spec, cfg
 
 
-def check_model(path: Path, spec: ModelSpec, cfg: Any, prefix: str = "params") -> None:
+def check_model(
+    path: Path, spec: ModelSpec, cfg: Any, prefix: str = "params", *, quantized: bool = False
+) -> None:
     """Refuse a config whose parameter count differs from the tensors in the file.
 
     Counting is arithmetic (`param_count`), so a config claiming a model far larger than the
     file (48 layers, a vocabulary of 1e9) fails here before any memory is allocated; the exact
-    names and shapes are then checked on the meta device by `checkpoint.load`.
+    names and shapes are then checked on the meta device by `checkpoint.load`. `quantized`:
+    the file's `quantized.*.values` count too (two int4 weights per uint8).
     """
     lead = f"{prefix}."
     held = 0
-    for name, (_, shape) in checkpoint.tensor_table(path).items():
-        if name.startswith(lead):
-            count = 1
+    for name, (dtype, shape) in checkpoint.tensor_table(path).items():
+        weights = quantized and name.startswith("quantized.") and name.endswith(".values")
+        if name.startswith(lead) or weights:
+            count = 2 if weights and dtype == "U8" else 1
             for size in shape:
                 count *= size
             held += count

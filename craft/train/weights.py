@@ -20,6 +20,7 @@ from craft.models.spec import ModelSpec
 from craft.train import lora
 from craft.train import meta as checkpoint_meta
 from craft.train.meta import CheckpointMeta
+from craft.train.quantized_params import load_quantized, quantization_of
 from craft.tree import Params
 
 EMA = "ema"
@@ -34,10 +35,18 @@ def load_model(path: Path) -> tuple[CheckpointMeta, ModelSpec, Any, Params]:
     them, or those a fine-tuning run trained), after their names, shapes and dtypes are checked
     against the model's like the params'. So evaluate, generate, sample and init_from use the
     averaged model, as the run's own evaluation did. A LoRA run's adapters are merged last.
+    A quantized checkpoint (`craft.main quantize`) comes back with its quantized weights as
+    `QuantizedWeight`s: integers in memory, used by the model as float matrices.
     """
     path = Path(path)
     record = checkpoint_meta.read(path)
     spec, model_cfg = checkpoint_meta.model_of(path, record)
+    quantization = quantization_of(record, path)
+    if quantization is not None:  # written by `quantize`: plain params, some as integers
+        checkpoint_meta.check_model(path, spec, model_cfg, quantized=True)
+        with torch.device("meta"):
+            shapes = spec.init(model_cfg, seed=0)
+        return record, spec, model_cfg, load_quantized(path, shapes, quantization)
     adapters = lora.config_of(record, path)
     checkpoint_meta.check_model(path, spec, model_cfg, "params.base" if adapters else "params")
     with torch.device("meta"):

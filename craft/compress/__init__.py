@@ -1,0 +1,1 @@
+"""Making a trained model smaller: weight quantization and pruning of checkpoints."""
