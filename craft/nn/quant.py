@@ -70,7 +70,7 @@ def pack_int4(values: torch.Tensor) -> torch.Tensor:
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """The inverse of `pack_int4`: uint8 `[..., n]` -> uint8 `[..., 2n]`."""
     low, high = packed & 0x0F, packed >> 4
-    return torch.stack((low, high), dim=-1).reshape(*packed.shape[:-1], -1)
+    return torch.stack((low, high), dim=-1).flatten(-2)
 
 
 def _check_matrix(weight: torch.Tensor) -> None:
