@@ -66,12 +66,13 @@ def save(directory: Path, state: dict[str, Any], step: int, meta: dict[str, Any]
 
 
 def load(
-    path: Path, like: dict[str, Any], prefix: str = "", skip: str | None = None
+    path: Path, like: dict[str, Any], prefix: str = "", skip: str | tuple[str, ...] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a checkpoint into a tree shaped like `like`, checking every name, shape and dtype.
 
     With `prefix` (e.g. "params"), only the tensors under it are read and checked; the tensors
-    under `skip` (e.g. "ema", a part of the state this reader leaves out) are neither. Tensors are
+    under `skip` (e.g. "ema", or several: parts of the state this reader leaves out) are
+    neither. Tensors are
     copied out of the file (not memory-mapped), so the file may be replaced later. `like` may
     live on the meta device (shapes only): its tensors are then read onto the CPU.
     """
@@ -84,8 +85,8 @@ def load(
         with safe_open(str(path), framework="pt") as handle:
             keys = handle.keys()
             names = {name for name in keys if name.startswith(lead)}
-            if skip is not None:
-                names = {name for name in names if not name.startswith(f"{skip}.")}
+            skipped = (skip,) if isinstance(skip, str) else skip or ()
+            names = {n for n in names if not any(n.startswith(f"{part}.") for part in skipped)}
             missing = [n for n in expected if n not in names]
             unexpected = sorted(names - set(expected))
             problems = []

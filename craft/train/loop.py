@@ -37,6 +37,7 @@ from craft.train.evaluate import evaluate
 from craft.train.hooks import Hook, RunInfo
 from craft.train.lora import LoRAConfig
 from craft.train.meta import CheckpointMeta
+from craft.train.pruning import MASKS, PruneConfig, Pruner, pruned_names
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
 from craft.train.step import compile_scope_for, make_train_step
@@ -71,6 +72,10 @@ class Setup:
     """Low-rank adapters, when LoRAConfig.rank > 0: the params are `{"base", "lora"}`."""
     trainable: tuple[str, ...] | None = None
     """Dotted names of the params that train, in the state's params tree (None: all)."""
+    pruning: PruneConfig | None = None
+    """Gradual magnitude pruning (PruneConfig.sparsity > 0), else None."""
+    pruned: tuple[str, ...] = ()
+    """Dotted names of the weights pruned, in the state's params tree."""
 
     def apply(self, params: Params, inputs: Any, **kwargs: Any) -> Any:
         """The model over the state's params (the adapted model in a LoRA run)."""
@@ -119,14 +124,18 @@ def make_setup(configs: dict[str, BaseModel], task: Task, seed: int) -> Setup:
     init_from = run_cfg.init_from if isinstance(run_cfg, RunConfig) else None
     lora_cfg = configs.get(LoRAConfig.__name__)
     adapters = lora_cfg if isinstance(lora_cfg, LoRAConfig) and lora_cfg.rank > 0 else None
+    prune_cfg = configs.get(PruneConfig.__name__)
+    pruning = prune_cfg if isinstance(prune_cfg, PruneConfig) and prune_cfg.enabled else None
     names = (*RUN_CONFIGS, type(optimizer).__name__, "Schedule", spec.config.__name__,
-             *task.config_names, *([LoRAConfig.__name__] if adapters else []))  # fmt: skip
+             *task.config_names, *([LoRAConfig.__name__] if adapters else []),
+             *([PruneConfig.__name__] if pruning else []))  # fmt: skip
     used = {name: configs[name] for name in names if name in configs}
     used.update({"Schedule": schedule, spec.config.__name__: model_cfg})
     return Setup(
         train=train, task=task, spec=spec, model_cfg=model_cfg, optimizer=optimizer,
         schedule=schedule, seed=seed, configs=used, init_from=init_from, lora=adapters,
         trainable=_trainable(spec, model_cfg, train.trainable, adapters),
+        pruning=pruning, pruned=_pruned(spec, model_cfg, pruning, adapters),
     )  # fmt: skip
 
 
@@ -140,6 +149,19 @@ def _trainable(
     if adapters is None:
         return selected
     return lora.trainable(lora.attach(shapes, lora.shapes(shapes, adapters)), selected)
+
+
+def _pruned(
+    spec: ModelSpec, model_cfg: Any, pruning: PruneConfig | None, adapters: LoRAConfig | None
+) -> tuple[str, ...]:
+    """The names of the weights pruned, in the state's params, checked on the meta device."""
+    if pruning is None:
+        return ()
+    with torch.device("meta"):
+        shapes = spec.init(model_cfg, seed=0)
+    if adapters is not None:
+        shapes = lora.attach(shapes, lora.shapes(shapes, adapters))
+    return tuple(pruned_names(shapes, pruning.targets))
 
 
 def fit(
@@ -165,6 +187,11 @@ def fit(
             f"TrainConfig.batch_size = {train.batch_size} must split into {world.size} ranks x "
             f"{train.accum_steps} micro-batches"
         )
+    if train.shard_optimizer and world.size > 1 and setup.pruning is not None:
+        raise ConfigError(
+            "TrainConfig.shard_optimizer does not apply pruning masks yet: turn pruning "
+            "(PruneConfig.sparsity) or the sharded optimizer off"
+        )
     if train.shard_optimizer and world.size > 1 and setup.trainable is not None:
         raise ConfigError(
             "TrainConfig.shard_optimizer shards every param's optimizer state: it does not "
@@ -181,6 +208,7 @@ def fit(
     state = init_state(
         setup.initial_params(from_checkpoint=resume is None), setup.optimizer,
         seed=setup.seed, trainable=setup.trainable, ema=train.ema_decay is not None,
+        pruned=setup.pruned,
     )  # fmt: skip
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
@@ -210,6 +238,9 @@ def fit(
         trainable=setup.trainable, ema_decay=train.ema_decay, ema_warmup=train.ema_warmup,
     )  # fmt: skip
     holder = {"state": state}
+    pruner = Pruner(setup.pruning, train.steps) if setup.pruning is not None else None
+    if pruner is not None:  # a schedule starting at this step prunes before it
+        pruner.after_update(state.params, state.masks, state.ema, start)
     run = RunInfo(
         run_dir=run_dir,
         total_steps=train.steps,
@@ -277,6 +308,10 @@ def fit(
             holder["state"], tensors = step_fn(holder["state"], batch)
             metrics = {name: float(value) for name, value in tensors.items()}
             step += 1
+            if pruner is not None:
+                state = holder["state"]
+                pruner.after_update(state.params, state.masks, state.ema, step)
+                metrics["sparsity"] = Pruner.sparsity(state.masks)
             if not math.isfinite(metrics["loss"]) and train.precision != "fp16":
                 last = checkpoint.list_checkpoints(checkpoints)
                 raise TrainingError(
@@ -429,31 +464,39 @@ class Checkpointer(Hook):
 
 def _restore(path: Path, fresh: TrainState) -> TrainState:
     """The checkpoint's state, shaped like `fresh`. Resuming refuses a change of
-    TrainConfig.ema_decay unless asked (craft.resume), so a checkpoint without the EMA this run
-    keeps (written before it was turned on, or before EMA existed) is an accepted change: the
-    EMA starts from the checkpoint's params. One with an EMA this run does not keep: it is
-    left out."""
-    held = any(name.startswith(f"{EMA}.") for name in checkpoint.tensor_table(path))
-    if held == bool(fresh.ema):
-        loaded, _ = checkpoint.load(path, like=fresh._asdict())
-        return TrainState(**loaded)
-    loaded, _ = checkpoint.load(path, like=fresh._replace(ema={})._asdict(), skip=EMA)
+    TrainConfig.ema_decay or PruneConfig unless asked (craft.resume), so a checkpoint without
+    the EMA or the pruning masks this run keeps (written before they were turned on) is an
+    accepted change: the EMA starts from the checkpoint's params, the masks from keeping
+    every weight. An EMA or masks this run does not keep are left out. Each case is said."""
+    table = checkpoint.tensor_table(path)
+    wanted = {EMA: bool(fresh.ema), MASKS: bool(fresh.masks)}
+    held = {part: any(name.startswith(f"{part}.") for name in table) for part in wanted}
+    differ = [part for part in wanted if held[part] != wanted[part]]
+    like = fresh._asdict()
+    like.update({part: {} for part in differ})
+    skip = tuple(part for part in differ if held[part])
+    loaded, _ = checkpoint.load(path, like=like, skip=skip)
     state = TrainState(**loaded)
-    if not held:
-        named = tree.to_dotted(state.params)
-        ema = tree.from_dotted(
-            {name: named[name].clone() for name in tree.to_dotted(fresh.ema)}, like=fresh.ema
-        )
-        state = state._replace(ema=ema)
-    print(
-        f"craft: warning: {path.name} "
-        + (
-            f"holds no EMA of the params: it starts from them at step {int(state.step)}"
-            if not held
-            else "holds an EMA of the params, which this run (ema_decay = None) leaves out"
-        ),
-        file=sys.stderr,
-    )
+    at = int(state.step)
+    for part in differ:
+        if part == EMA and not held[part]:
+            named = tree.to_dotted(state.params)
+            ema = tree.from_dotted(
+                {name: named[name].clone() for name in tree.to_dotted(fresh.ema)}, like=fresh.ema
+            )
+            state = state._replace(ema=ema)
+            note = f"holds no EMA of the params: it starts from them at step {at}"
+        elif part == EMA:
+            note = "holds an EMA of the params, which this run (ema_decay = None) leaves out"
+        elif not held[part]:
+            state = state._replace(masks=fresh.masks)
+            note = f"holds no pruning masks: pruning starts from every weight at step {at}"
+        else:
+            note = (
+                "holds pruning masks, which this run (PruneConfig.sparsity = 0) leaves out: "
+                "its pruned weights may grow again"
+            )
+        print(f"craft: warning: {path.name} {note}", file=sys.stderr)
     return state
 
 

@@ -11,12 +11,14 @@ from craft import tree
 from craft.nn.random import key
 from craft.optim import Optimizer, OptState
 from craft.optim.masks import select
+from craft.train.pruning import init_masks
 from craft.tree import Params
 
 
 class TrainState(NamedTuple):
     """params (fp32 masters), opt_state, step (int64), rng (a key), loss_scale (fp16 only),
-    ema (the exponential moving average of the trained params; `{}` when it is off)."""
+    ema (the exponential moving average of the trained params; `{}` when it is off), masks
+    (pruning: a boolean mask per pruned weight, under its name; `{}` when it is off)."""
 
     params: Params
     opt_state: OptState
@@ -24,6 +26,7 @@ class TrainState(NamedTuple):
     rng: torch.Tensor
     loss_scale: dict[str, torch.Tensor]
     ema: Params
+    masks: Params = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
 
 
 def init_state(
@@ -34,6 +37,7 @@ def init_state(
     init_loss_scale: float = 2.0**16,
     trainable: Sequence[str] | None = None,
     ema: bool = False,
+    pruned: Sequence[str] = (),
 ) -> TrainState:
     """A fresh state around `params` (made fp32; they require gradients only inside the
     step, so code outside it records no autograd graph).
@@ -44,6 +48,10 @@ def init_state(
 
     `ema`: keep an exponential moving average of the trained params (a copy of them, fp32,
     under the same names: `ema.blocks.5.mlp.fc.w`); give the step an `ema_decay`.
+
+    `pruned`: the dotted names of the weights pruned while training (`craft.train.pruning`):
+    each gets an all-true mask (`masks.blocks.5.mlp.fc.w`), which the step applies after
+    every update.
     """
     params = tree.tree_map(lambda p: p.detach().float(), params)
     return TrainState(
@@ -56,6 +64,7 @@ def init_state(
             "good_steps": torch.zeros((), dtype=torch.int64),
         },
         ema=tree.tree_map(torch.clone, select(params, trainable)) if ema else {},
+        masks=init_masks(params, pruned) if pruned else {},
     )
 
 

@@ -29,6 +29,7 @@ from craft.nn.region import compiled_regions
 from craft.optim import Optimizer
 from craft.optim.masks import select
 from craft.train.inductor import trust_cpu_vector_isa
+from craft.train.pruning import apply_masks
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState
 from craft.tree import Params
@@ -122,6 +123,10 @@ def make_train_step(
       recompiles. With `shards`, every rank keeps the whole EMA and updates it after the
       params are gathered.
 
+    - pruning: when the state holds masks (`init_state(..., pruned=names)`), each masked
+      weight (and its EMA) is multiplied by its mask right after every update, so pruned
+      entries stay zero; `craft.train.pruning.Pruner` decides the masks between steps.
+
     The state given to `step` is consumed: params, optimizer state and EMA are updated in
     place.
     """
@@ -186,8 +191,10 @@ def make_train_step(
             torch._foreach_mul_(tree.leaves(grads), coef)
         lr = schedule(state.step)
         optimizer.update(grads, state.opt_state, state.params, lr=lr)
+        apply_masks(state.params, state.masks)  # pruned weights stay zero
         if ema_decay is not None:
             update_ema(state)
+            apply_masks(state.ema, state.masks)
         return lr
 
     def update_ema(state: TrainState) -> None:
@@ -251,6 +258,8 @@ def make_train_step(
         if checked.get("ema") is not state.ema:  # once per state, not every step
             _check_ema(state, trained, ema_decay)
             checked["ema"] = state.ema
+        if shards is not None and state.masks:
+            raise ValueError("pruning masks are not applied by the sharded update yet")
         params = tree.leaves(trained)
         for p in params:  # gradients are recorded only inside the step, for trained params
             p.requires_grad_(True)
