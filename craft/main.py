@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from craft import config, launch, sweeps
 from craft.checkpoint import resolve as resolve_checkpoint
+from craft.compress.prune import check_sparsity, prune_checkpoint
 from craft.compress.quantize import check_bits, quantize_checkpoint
 from craft.config import ModelT
 from craft.data.config import DataConfig, TokenizerConfig
@@ -233,6 +234,28 @@ class Commands:
         path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
         output = _path_flag("output", output, "a new folder for the quantized checkpoint")
         print(json.dumps(quantize_checkpoint(path, Path(output), bits, group)[1]))
+
+    def prune(
+        self, checkpoint: str, output: str, sparsity: float, structured: bool = False,
+        heads: int = 0,
+    ) -> None:  # fmt: skip
+        """Write a checkpoint's model pruned into the new folder --output.
+
+        Unstructured (default): in every linear weight, the --sparsity share (in [0, 1)) of
+        entries smallest in magnitude is set to zero (the masks are saved too). --structured:
+        a smaller dense model without the --sparsity share of MLP neurons and --heads attention
+        heads per block (GPT), to fine-tune with RunConfig.init_from (the printed gin lines
+        give its shape). Prints a JSON report. Training cannot resume from the result.
+        """
+        share = check_sparsity(sparsity)
+        if not isinstance(structured, bool):
+            raise ConfigError("--structured takes no value")
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:
+            raise ConfigError(f"--heads must be a whole number >= 0, got {heads!r}")
+        path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
+        output = _path_flag("output", output, "a new folder for the pruned checkpoint")
+        _, report = prune_checkpoint(path, Path(output), share, structured=structured, heads=heads)
+        print(json.dumps(report))
 
     def sweep(
         self, random: int | None = None, parallel: int = sweeps.DEFAULT_PARALLEL,

@@ -156,6 +156,11 @@ def to_external(params: Params, cfg: GPTConfig) -> dict[str, torch.Tensor]:
         )
     if cfg.mlp_hidden != cfg.mlp_ratio * cfg.n_embd:
         raise ConfigError(f"mlp_ratio {cfg.mlp_ratio} does not give a whole MLP width")
+    if cfg.attn_width != cfg.n_embd:
+        raise ConfigError(
+            f"GPT-2's heads span n_embd: this GPT's {cfg.n_head} heads of {cfg.head_dim} "
+            f"(head_size, after structured pruning) span {cfg.attn_width}, not {cfg.n_embd}"
+        )
     dotted = tree.to_dotted(params)
     out = {f"transformer.{hf}": dotted[craft].detach().contiguous() for craft, hf in _TOP}
     for layer in range(cfg.n_layer):

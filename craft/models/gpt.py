@@ -51,6 +51,9 @@ class GPTConfig(BaseModel):
     n_layer: int = Field(4, gt=0)
     n_head: int = Field(4, gt=0)
     n_embd: int = Field(128, gt=0)
+    head_size: int | None = Field(None, gt=0)
+    """Width of each attention head; None: n_embd / n_head. Set when heads are pruned away
+    (the others keep their width)."""
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     bias: bool = True
@@ -64,15 +67,20 @@ class GPTConfig(BaseModel):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> GPTConfig:
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
-        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
+        if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
         return self
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def attn_width(self) -> int:
+        """The heads' total width: n_embd, unless heads were pruned."""
+        return self.n_head * self.head_dim
 
     @property
     def mlp_hidden(self) -> int:
@@ -94,7 +102,9 @@ def init(cfg: GPTConfig, *, seed: int) -> Params:
     params["blocks"] = [
         {
             "ln1": _init_norm(cfg),
-            "attn": init_attention(cfg.n_embd, generator, bias=cfg.bias, out_std=out_std),
+            "attn": init_attention(
+                cfg.n_embd, generator, bias=cfg.bias, out_std=out_std, width=cfg.attn_width
+            ),
             "ln2": _init_norm(cfg),
             "mlp": init_mlp(cfg.n_embd, cfg.mlp_hidden, generator, bias=cfg.bias, out_std=out_std),
         }
@@ -108,10 +118,10 @@ def init(cfg: GPTConfig, *, seed: int) -> Params:
 
 def param_count(cfg: GPTConfig) -> int:
     """The number of parameters `init(cfg)` makes, without making them."""
-    d, v, h = cfg.n_embd, cfg.vocab(), cfg.mlp_hidden
+    d, v, h, a = cfg.n_embd, cfg.vocab(), cfg.mlp_hidden, cfg.attn_width
     norm = 2 * d if cfg.norm == "layer" and cfg.bias else d
     bias = cfg.bias
-    attn = d * 3 * d + d * d + (4 * d if bias else 0)
+    attn = d * 3 * a + a * d + (3 * a + d if bias else 0)
     mlp_ = 2 * d * h + ((h + d) if bias else 0)
     total = v * d + cfg.n_layer * (attn + mlp_ + 2 * norm) + norm
     total += cfg.block_size * d if cfg.positions == "learned" else 0
@@ -254,9 +264,67 @@ def _dropout_keys(rng: torch.Tensor | None, cfg: GPTConfig) -> torch.Tensor | No
 
 
 def flops_per_example(cfg: GPTConfig, shape: tuple[int, ...]) -> float:
-    """Training FLOPs for one sequence of `shape = (T,)`: 6N + 12·L·d·T per token."""
+    """Training FLOPs for one sequence of `shape = (T,)`: 6N + 12·L·d·T per token (d: the
+    heads' width)."""
     (length,) = shape
-    return float(length * (6 * param_count(cfg) + 12 * cfg.n_layer * cfg.n_embd * length))
+    return float(length * (6 * param_count(cfg) + 12 * cfg.n_layer * cfg.attn_width * length))
+
+
+def shrink(
+    params: Params, cfg: GPTConfig, *, mlp: float = 0.0, heads: int = 0
+) -> tuple[Params, GPTConfig]:
+    """Structured pruning: a smaller dense GPT without, in every block, the `mlp` share of MLP
+    neurons and the `heads` attention heads that weigh least (a neuron: |fc row| * |proj
+    column|; a head: |its q, k, v rows| * |its proj columns|). The result computes what the
+    original computes with those neurons' and heads' weights set to zero."""
+    keep_neurons = cfg.mlp_hidden - round(mlp * cfg.mlp_hidden)
+    if not 0 < keep_neurons <= cfg.mlp_hidden or not 0 <= heads < cfg.n_head:
+        raise ValueError(
+            f"keep at least one MLP neuron of {cfg.mlp_hidden} and one head of {cfg.n_head} "
+            f"(asked to prune {mlp:.0%} of the neurons and {heads} heads)"
+        )
+    blocks = []
+    for block in params["blocks"]:
+        fc, proj = block["mlp"]["fc"], block["mlp"]["proj"]
+        score = fc["w"].norm(dim=1) * proj["w"].norm(dim=0)
+        kept = score.argsort(descending=True, stable=True)[:keep_neurons].sort().values
+        new_mlp = {"fc": _rows(fc, kept), "proj": _columns(proj, kept)}
+        attn = block["attn"]
+        if heads:
+            attn = _keep_heads(attn, cfg, cfg.n_head - heads)
+        blocks.append({**block, "attn": attn, "mlp": new_mlp})
+    ratio = keep_neurons / cfg.n_embd
+    if int(ratio * cfg.n_embd) != keep_neurons:  # a ratio that rounds back to the width
+        ratio = (keep_neurons + 0.5) / cfg.n_embd
+    update: dict[str, object] = {"mlp_ratio": ratio}
+    if heads:
+        update.update(n_head=cfg.n_head - heads, head_size=cfg.head_dim)
+    return {**params, "blocks": blocks}, cfg.model_copy(update=update)
+
+
+def _keep_heads(attn: Params, cfg: GPTConfig, count: int) -> Params:
+    """The attention params of the `count` heads that weigh most, in their order."""
+    width, size = cfg.attn_width, cfg.head_dim
+    qkv = attn["qkv"]["w"].view(3, cfg.n_head, size, -1)
+    proj = attn["proj"]["w"].view(-1, cfg.n_head, size)
+    norm = torch.linalg.vector_norm
+    score = norm(qkv, dim=(0, 2, 3)) * norm(proj, dim=(0, 2))
+    kept = score.argsort(descending=True, stable=True)[:count].sort().values
+    rows = (torch.arange(3)[:, None, None] * width + kept[None, :, None] * size
+            + torch.arange(size)[None, None, :]).flatten()  # fmt: skip
+    columns = (kept[:, None] * size + torch.arange(size)[None, :]).flatten()
+    return {"qkv": _rows(attn["qkv"], rows), "proj": _columns(attn["proj"], columns)}
+
+
+def _rows(linear: Params, index: torch.Tensor) -> Params:
+    """A linear layer keeping the outputs `index`."""
+    return {name: value[index].clone() for name, value in linear.items()}
+
+
+def _columns(linear: Params, index: torch.Tensor) -> Params:
+    """A linear layer keeping the inputs `index` (its bias is the outputs': kept whole)."""
+    kept = {"w": linear["w"][:, index].clone()}
+    return kept | ({"b": linear["b"].clone()} if "b" in linear else {})
 
 
 SPEC = ModelSpec(
@@ -269,4 +337,5 @@ SPEC = ModelSpec(
     flops_per_example=flops_per_example,
     data_fields=("vocab_size",),
     context=lambda cfg: cfg.block_size,
+    shrink=shrink,
 )

@@ -52,6 +52,9 @@ class ModelSpec:
     data_fields: tuple[str, ...] = ()
     context: Callable[[Any], int | None] | None = None
     """The longest sequence a token model accepts (None: no limit, e.g. an RNN)."""
+    shrink: Callable[..., tuple[Params, Any]] | None = None
+    """Structured pruning, where the model has it: `shrink(params, cfg, *, mlp=share of MLP
+    neurons, heads=heads per block) -> (params, cfg)` of a smaller dense model."""
 
     def flops(self, cfg: Any, shape: tuple[int, ...]) -> float | None:
         return None if self.flops_per_example is None else self.flops_per_example(cfg, shape)

@@ -10,10 +10,14 @@ from craft.nn.layers import init_linear, linear
 from craft.tree import Params
 
 
-def init_attention(dim: int, generator: torch.Generator, *, bias: bool, out_std: float) -> Params:
+def init_attention(
+    dim: int, generator: torch.Generator, *, bias: bool, out_std: float, width: int | None = None
+) -> Params:
+    """q, k, v and output projections; `width`: the heads' total width (default `dim`)."""
+    width = width or dim
     return {
-        "qkv": init_linear(dim, 3 * dim, generator, bias=bias),
-        "proj": init_linear(dim, dim, generator, bias=bias, std=out_std),
+        "qkv": init_linear(dim, 3 * width, generator, bias=bias),
+        "proj": init_linear(width, dim, generator, bias=bias, std=out_std),
     }
 
 
@@ -47,13 +51,13 @@ def causal_self_attention(
 
     No dropout on the attention weights: SDPA would draw it from the global generator, and Craft's
     randomness comes from explicit keys (models drop out on the residual branches instead)."""
-    batch, length, dim = x.shape
+    batch, length, _ = x.shape
     q, k, v = _heads(linear(params["qkv"], x), n_head)
     if rotary is not None:
         cos, sin = rotary[0][:length], rotary[1][:length]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return linear(params["proj"], y.transpose(1, 2).reshape(batch, length, dim))
+    return linear(params["proj"], y.transpose(1, 2).reshape(batch, length, -1))
 
 
 def cached_self_attention(
@@ -73,7 +77,7 @@ def cached_self_attention(
     eager caller) only the filled slots are read; without it the shapes stay static, so a
     compiled caller compiles once.
     """
-    batch, length, dim = x.shape
+    batch, length, _ = x.shape
     q, k, v = _heads(linear(params["qkv"], x), n_head)
     positions = pos + torch.arange(length, device=x.device)
     if rotary is not None:
@@ -96,7 +100,7 @@ def cached_self_attention(
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
         else:
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=length > 1)
-    return linear(params["proj"], y.transpose(1, 2).reshape(batch, length, dim))
+    return linear(params["proj"], y.transpose(1, 2).reshape(batch, length, -1))
 
 
 def _heads(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
