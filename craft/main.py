@@ -38,6 +38,7 @@ from craft.tasks.lm import report
 from craft.tracking import plot_run
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
+from craft.train.quantized_params import dequantized, holds_quantized
 from craft.tree import tree_map
 
 
@@ -143,9 +144,12 @@ class Commands:
         num_samples: int = 1,
         compile: bool = False,
         device: str = "cpu",
+        dequantize: bool = False,
     ) -> None:
         """Stream text from a checkpoint (KV-cache decoding for the GPT); --device: cpu (the
-        default: a small model decodes one token at a time fastest there), cuda or auto."""
+        default: a small model decodes one token at a time fastest there), cuda or auto.
+        A quantized checkpoint keeps its integer weights in memory; --dequantize unpacks them
+        to fp32 once at load (faster decoding on a CPU, fp32 memory)."""
         sampling = SamplingConfig.checked(
             temperature=temperature, top_k=top_k, top_p=top_p,
             max_new_tokens=max_new_tokens, seed=seed,
@@ -155,7 +159,14 @@ class Commands:
         prompt = str(prompt)  # fire reads --prompt=42 as a number
         where = _device_flag(device)
         path = resolve_checkpoint(_path_flag("checkpoint", checkpoint, _CHECKPOINT))
+        if not isinstance(dequantize, bool):
+            raise ConfigError("--dequantize takes no value")
         loaded = load_for_inference(path)
+        params = dequantized(loaded.params) if dequantize else loaded.params
+        if compile and holds_quantized(params):
+            raise ConfigError(
+                "--compile does not take quantized weights: add --dequantize (fp32 in memory)"
+            )
         tokenizer = loaded.tokenizer()
         tokenizer.encode(prompt)  # a prompt the vocabulary lacks fails before any output
         for index in range(num_samples):
@@ -163,7 +174,7 @@ class Commands:
                 print(f"--- sample {index + 1} ---")
             sys.stdout.write(prompt)
             generate_text(
-                loaded.model_name, loaded.params, loaded.model_cfg, tokenizer, prompt,
+                loaded.model_name, params, loaded.model_cfg, tokenizer, prompt,
                 sampling.model_copy(update={"seed": seed + index}), stream=sys.stdout,
                 compile=compile, device=where,
             )  # fmt: skip

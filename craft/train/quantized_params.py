@@ -119,6 +119,18 @@ def load_quantized(path: Path, shapes: Params, quantization: Quantization) -> Pa
     return tree.from_dotted({name: named[name] for name in expected}, like=shapes)
 
 
+def holds_quantized(params: Params) -> bool:
+    return any(isinstance(leaf, QuantizedWeight) for leaf in tree.leaves(params))
+
+
+def dequantized(params: Params) -> Params:
+    """`params` with every `QuantizedWeight` unpacked to its float matrix: fp32 speed (torch's
+    int8 / int4 CPU kernels are slower than fp32 matmuls at these sizes) at fp32 memory."""
+    return tree.tree_map(
+        lambda leaf: leaf.dequantize() if isinstance(leaf, QuantizedWeight) else leaf, params
+    )
+
+
 def _stored_like(
     name: str, shape: tuple[int, ...], quantization: Quantization
 ) -> dict[str, torch.Tensor]:
