@@ -24,6 +24,7 @@ from craft.inference import load_for_inference
 from craft.interop import hf_gpt2
 from craft.models.gpt import GPTConfig
 from craft.train.meta import CheckpointMeta
+from craft.train.quantized_params import dequantized
 
 TOKENIZER_FILE = "tokenizer.json"
 EOS = "<|endoftext|>"
@@ -73,7 +74,8 @@ def export_checkpoint(path: Path, output: Path) -> Path:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     hf_tokenizer = _write_tokenizer(loaded.tokenizer(), path, output / TOKENIZER_FILE)
-    tensors = hf_gpt2.to_external(loaded.params, cfg)
+    # A quantized checkpoint exports its dequantized weights: GPT-2's files are float.
+    tensors = hf_gpt2.to_external(dequantized(loaded.params), cfg)
     save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
     eos = hf_tokenizer.eos_id
     config = hf_gpt2.config_to_external(cfg, eos_id=eos)
