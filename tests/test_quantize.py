@@ -223,6 +223,13 @@ def test_the_cli_quantizes_evaluates_generates_and_refuses_to_resume(
     assert json.loads(evaluated.stdout.splitlines()[-1])["loss"] > 0
     generated = run_cli("generate", "--checkpoint=q4", "--prompt=a", "--max_new_tokens=5")
     assert generated.returncode == 0, generated.stderr
+    compiled = run_cli("generate", "--checkpoint=q4", "--compile", "--max_new_tokens=5")
+    assert compiled.returncode == 2
+    assert "--compile does not take quantized weights: add --dequantize" in compiled.stderr
+    unpacked = run_cli("generate", "--checkpoint=q4", "--prompt=a", "--max_new_tokens=5",
+                       "--seed=3", "--dequantize")  # fmt: skip
+    packed = run_cli("generate", "--checkpoint=q4", "--prompt=a", "--max_new_tokens=5", "--seed=3")
+    assert unpacked.returncode == 0 and unpacked.stdout == packed.stdout  # the same model
     resumed = run_cli("run", "--resume=q4")
     assert resumed.returncode == 2
     assert "written by `craft.main quantize`" in resumed.stderr
