@@ -1,11 +1,11 @@
 """`QuantizedWeight`: a weight held as int8 or packed int4, used where its float matrix was.
 
 A params tree may hold one in place of a 2-D weight. The layers need no change: `F.linear`
-multiplies through PyTorch's int8 / int4 weight-only CPU kernels where they apply
-(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) and through the matrix dequantized for
-that one call elsewhere; `F.embedding` and row indexing dequantize only the rows they read;
-`.to(device)` moves the integers. Any other use sees the dequantized float matrix. So a
-quantized model keeps its weights in about a quarter (int8) or a sixth (int4) of the memory.
+multiplies through PyTorch's int8 weight-only CPU kernel (`_weight_int8pack_mm`) and, for
+int4 or elsewhere, through the matrix dequantized for that one call; `F.embedding` and row
+indexing dequantize only the rows they read; `.to(device)` moves the integers. Any other use
+sees the dequantized float matrix. So a quantized model keeps its weights in about a quarter
+(int8) or a sixth (int4) of the memory.
 Inference only: it carries no gradient. Files never hold it; they hold its integers and scales.
 """
 
@@ -28,7 +28,6 @@ class QuantizedWeight(torch.Tensor):
     scales: torch.Tensor
     lows: torch.Tensor | None
     bits: int
-    _kernel: tuple[torch.Tensor, torch.Tensor] | None
 
     @staticmethod
     def __new__(
@@ -47,7 +46,6 @@ class QuantizedWeight(torch.Tensor):
         self.bits = 4 if values.dtype == torch.uint8 else 8
         if self.bits == 4 and lows is None:
             raise ValueError("an int4 weight needs its group lows")
-        self._kernel = None
 
     def __repr__(self) -> str:  # type: ignore[override]
         return f"QuantizedWeight(int{self.bits}, shape={list(self.shape)})"
@@ -80,33 +78,16 @@ class QuantizedWeight(torch.Tensor):
             return (grouped * scales.float().unsqueeze(-1) + lows.float().unsqueeze(-1)).flatten(-2)
 
     def matmul_t(self, x: torch.Tensor) -> torch.Tensor:
-        """`x @ weight.T` (what `F.linear` computes)."""
+        """`x @ weight.T` (what `F.linear` computes). int8 on a CPU: torch's weight-only
+        kernel, reading the integers. Otherwise the matrix is dequantized for this call only:
+        int4's CPU kernel wants its own copy of the weight (0.19x fp32 more memory, which is
+        what int4 is for), so int4 trades speed for memory; `dequantized` gives fp32 speed."""
         with torch._C.DisableTorchFunctionSubclass():
-            if x.device.type != "cpu" or x.dtype != torch.float32:
-                return F.linear(x, self.dequantize().to(x.dtype))
-            flat = x.reshape(-1, x.shape[-1]).contiguous()
-            if self.bits == 8:
+            if self.bits == 8 and x.device.type == "cpu" and x.dtype == torch.float32:
+                flat = x.reshape(-1, x.shape[-1]).contiguous()
                 out = torch._weight_int8pack_mm(flat, self.ints, self.scales)
-            elif self.shape[0] % 16 == 0:  # the int4 CPU kernel's layout needs it
-                packed, scales_and_zeros = self._int4_kernel_layout()
-                group = self.shape[1] // self.scales.shape[1]
-                out = torch._weight_int4pack_mm_for_cpu(flat, packed, group, scales_and_zeros)
-            else:
-                out = F.linear(flat, self.dequantize())
-            return out.reshape(*x.shape[:-1], self.shape[0])
-
-    def _int4_kernel_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The CPU kernel's own packing, built once: it computes (q - 8) * scale + zero."""
-        if self._kernel is None:
-            assert self.lows is not None
-            q = unpack_int4(self.ints).to(torch.int32)
-            scales, lows = self.scales.float(), self.lows.float()
-            zeros = lows + 8 * scales
-            self._kernel = (
-                torch._convert_weight_to_int4pack_for_cpu(q, 1),
-                torch.stack((scales.t(), zeros.t()), dim=-1).contiguous(),
-            )
-        return self._kernel
+                return out.reshape(*x.shape[:-1], self.shape[0])
+            return F.linear(x, self.dequantize().to(x.dtype))
 
     def moved(self, device: torch.device | str) -> QuantizedWeight:
         """The same weight on another device."""
