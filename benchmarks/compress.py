@@ -70,7 +70,8 @@ def cli(*args: str) -> str:
 def train(folder: Path, size: str, *extra: str) -> Path:
     """An ordinary got_char run into `folder`; its newest checkpoint."""
     quiet = ["--gin.MetricsConfig.progress_bar=False", "--gin.MetricsConfig.wandb='disabled'"]
-    cli(f"--gin_file={GIN}", *SIZES[size], f"--run_dir={folder}", *quiet, *extra)
+    threads = [f"--gin.TrainConfig.threads={torch.get_num_threads()}"]
+    cli(f"--gin_file={GIN}", *SIZES[size], f"--run_dir={folder}", *quiet, *threads, *extra)
     return resolve(folder)
 
 
@@ -164,7 +165,9 @@ def quantization(size: str, source: Path, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def pruning(size: str, source: Path, work: Path, sparsities: list[float]) -> list[dict[str, Any]]:
+def pruning(
+    size: str, source: Path, work: Path, sparsities: list[float], structured: bool
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
         {"model": size, "kind": "dense", "share": 0.0, "val_loss": val_loss(source)}
     ]
@@ -178,28 +181,33 @@ def pruning(size: str, source: Path, work: Path, sparsities: list[float]) -> lis
         rows.append({"model": size, "kind": "unstructured", "share": share, "val_loss": loss})
         print(json.dumps(rows[-1]), flush=True)
     shrunk = {"dense": source}
-    for share in (0.25, 0.5):
+    short = [
+        "--gin.TrainConfig.steps=300",
+        "--gin.Schedule.peak_lr=1e-3",
+        "--gin.Schedule.warmup_steps=30",
+        "--gin.TrainConfig.eval_every=0",
+        "--gin.TrainConfig.checkpoint_every=0",
+    ]
+    if structured:  # the control: the dense model given the same short fine-tune
+        tuned = train(work / "tuned-dense", size, f"--gin.RunConfig.init_from='{source}'", *short)
+        loss = val_loss(tuned)
+        rows.append({"model": size, "kind": "dense+tune", "share": 0.0, "val_loss": loss})
+        print(json.dumps(rows[-1]), flush=True)
+    for share in (0.25, 0.5) if structured else ():
         output = work / f"structured-{share}"
         flags = [f"--checkpoint={source}", f"--sparsity={share}", "--structured"]
         report = json.loads(cli("prune", *flags, f"--output={output}"))
         pruned = Path(report["checkpoint"])
         gin = [f"--gin.{line.replace(' = ', '=')}" for line in report["fine_tune_gin"]]
-        short = [
-            f"--gin.RunConfig.init_from='{pruned}'",
-            "--gin.TrainConfig.steps=300",
-            "--gin.Schedule.peak_lr=1e-3",
-            "--gin.Schedule.warmup_steps=30",
-            "--gin.TrainConfig.eval_every=0",
-            "--gin.TrainConfig.checkpoint_every=0",
-        ]
-        tuned = train(work / f"tuned-{share}", size, *gin, *short)
+        init = f"--gin.RunConfig.init_from='{pruned}'"
+        tuned = train(work / f"tuned-{share}", size, *gin, init, *short)
         shrunk[f"mlp-{share}"] = tuned
         rows.append({
             "model": size, "kind": "structured", "share": share, "params": report["params_after"],
             "val_loss_before_tune": val_loss(pruned), "val_loss": val_loss(tuned),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    rates = decode_rates(shrunk)
+    rates = decode_rates(shrunk) if structured else {}
     for row in rows:
         name = {"dense": "dense", "structured": f"mlp-{row['share']}"}.get(str(row["kind"]))
         if name in rates:
@@ -238,9 +246,13 @@ def main() -> None:
     parser.add_argument("--checkpoint_1m")
     parser.add_argument("--checkpoint_10m")
     parser.add_argument("--parts", default="quantize,prune")
-    parser.add_argument("--prune_sizes", default="1m")
+    parser.add_argument("--gradual_sizes", default="1m", help="10M: 12 min a run on 2 cores")
+    parser.add_argument("--structured_sizes", default="1m,10m")
     parser.add_argument("--sparsities", default="0.5,0.75,0.9")
+    parser.add_argument("--threads", type=int, help="torch threads here and in the runs")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     parts = args.parts.split(",")
     with tempfile.TemporaryDirectory(prefix="craft-compress-") as tmp:
         work = Path(tmp)
@@ -255,8 +267,11 @@ def main() -> None:
         pruned: list[dict[str, Any]] = []
         if "prune" in parts:
             sparsities = [float(s) for s in args.sparsities.split(",")]
-            for size in args.prune_sizes.split(","):
-                pruned += pruning(size, sources[size], work / f"p-{size}", sparsities)
+            gradual, structured = args.gradual_sizes.split(","), args.structured_sizes.split(",")
+            for size in dict.fromkeys(gradual + structured):
+                shares = sparsities if size in gradual else []
+                folder = work / f"p-{size}"
+                pruned += pruning(size, sources[size], folder, shares, size in structured)
             plot(pruned, REPO / "benchmarks" / "pruning.png")
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
     if rows:
