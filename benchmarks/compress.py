@@ -225,7 +225,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, marker in (("unstructured", "o"), ("structured", "s")):
         for size in sorted({str(r["model"]) for r in rows}):
-            dense = next(r for r in rows if r["model"] == size and r["kind"] == "dense")
+            # structured rows are fine-tuned: they start from the dense model tuned alike
+            start = "dense+tune" if kind == "structured" else "dense"
+            found = [r for r in rows if r["model"] == size and r["kind"] in (start, "dense")]
+            dense = max(found, key=lambda r: r["kind"] == start)
             points = [(0.0, dense["val_loss"])] + [
                 (r["share"], r["val_loss"])
                 for r in rows
