@@ -32,6 +32,18 @@ def got_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir
 
 
+TINY_TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(400))
+"""A small text with a few speakers: what the tiny training runs learn."""
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """`TINY_TEXT` as a file (modules with a text of their own override this)."""
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY_TEXT)
+    return path
+
+
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 

@@ -34,7 +34,7 @@ from craft.train.sharded import OptimizerShards
 from craft.train.weights import load_model
 from craft.tree import Params
 from tests.conftest import craft_configs
-from tests.test_train import TEXT, TINY
+from tests.test_train import TINY
 
 CFG = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 GPT_LOSS = functools.partial(gpt.loss, cfg=CFG)
@@ -335,13 +335,6 @@ def run_tiny(
     LanguageModeling.prepare(configs)
     task = LanguageModeling.open(configs)
     return fit(make_setup(configs, task, seed=0), run_dir, **kwargs), task
-
-
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def tensors(path: Path | str, lead: str) -> dict[str, torch.Tensor]:

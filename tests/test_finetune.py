@@ -22,7 +22,7 @@ from craft.train.hooks import Hook, RunInfo
 from craft.train.loop import fit, make_setup
 from craft.train.meta import CheckpointMeta
 from tests.conftest import craft_configs
-from tests.test_train import TEXT, TINY
+from tests.test_train import TINY
 
 CFG = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
 CONSTANT = Schedule(kind="constant", peak_lr=1e-2)
@@ -71,13 +71,6 @@ def run_tiny(
     setup = make_setup(configs, task, seed=0)
     hooks = [*kwargs.pop("hooks", []), *(task.previews(None, 4) if samples else [])]
     return fit(setup, run_dir, hooks=hooks, **kwargs)
-
-
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def test_init_from_starts_from_the_checkpoint_at_step_0_with_a_fresh_optimizer(

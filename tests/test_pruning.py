@@ -136,13 +136,6 @@ def _run(folder: Path, text: Path, steps: int, extra: str = PRUNE, **kwargs: Any
     return summary
 
 
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT)
-    return path
-
-
 def test_a_pruned_run_saves_its_masks_and_resumes_bit_exactly(
     tmp_path: Path, text_file: Path
 ) -> None:

@@ -12,9 +12,9 @@ from craft import config, tree
 from craft.tasks import LanguageModeling
 from craft.tracking import MetricsConfig, TrackingHook, make_trackers, read_metrics
 from craft.train.loop import fit, make_setup
-from tests.conftest import CliRunner, craft_configs
+from tests.conftest import TINY_TEXT, CliRunner, craft_configs
 
-TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(400))
+TEXT = TINY_TEXT
 
 TINY = """
 RunConfig.name = 'tiny'
@@ -37,13 +37,6 @@ MetricsConfig.wandb = 'disabled'
 Schedule.total_steps = 12
 Schedule.warmup_steps = 2
 """
-
-
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.txt"
-    path.write_text(TEXT)
-    return path
 
 
 def run_in_process(run_dir: Path, text_file: Path, steps: int, resume: Path | None = None) -> dict:
