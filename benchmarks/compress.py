@@ -37,13 +37,13 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.train_step import live_heap_bytes  # noqa: E402
 from craft import tree  # noqa: E402
 from craft.checkpoint import resolve  # noqa: E402
 from craft.generate import SamplingConfig, generate  # noqa: E402
 from craft.inference import load_for_inference  # noqa: E402
 from craft.nn.quantized import QuantizedWeight  # noqa: E402
 from craft.train.evaluate import evaluate  # noqa: E402
+from craft.train.peak_memory import live_heap_bytes  # noqa: E402
 from craft.train.quantized_params import dequantized  # noqa: E402
 
 GIN = REPO / "gin" / "got_char.gin"

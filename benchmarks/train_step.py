@@ -14,7 +14,6 @@ known) and the Craft/baseline throughput ratio.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import gc
 import json
@@ -38,6 +37,7 @@ from craft.devices import peak_flops  # noqa: E402
 from craft.models import gpt  # noqa: E402
 from craft.optim import AdamW, Schedule, decay_mask  # noqa: E402
 from craft.train import init_state, make_train_step, to_device  # noqa: E402
+from craft.train.peak_memory import live_heap_bytes  # noqa: E402
 
 _FIELDS = ("layers", "heads", "width", "vocab", "batch", "seq", "precision", "device")
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -124,22 +124,6 @@ def make_batches(spec: dict[str, Any], device: torch.device) -> list[dict[str, t
         x = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"] + 1), generator=g)
         batches.append({"inputs": x[:, :-1].to(device), "targets": x[:, 1:].to(device)})
     return batches
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost",
-    )]  # fmt: skip
-
-
-def live_heap_bytes() -> int:
-    """Bytes malloc has handed out and not taken back (glibc's mallinfo2): unlike the resident
-    set, this drops when tensors are freed, so compile-time leftovers do not blur it."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
 
 
 class PeakHeap:

@@ -19,9 +19,10 @@ from craft.runs import RunConfig, create_run_dir, write_effective_config
 from craft.summaries import print_summary, write_summary
 from craft.tasks import TASKS
 from craft.tracking import MetricsConfig, TrackingHook, make_trackers
+from craft.train import memory
 from craft.train.config import TrainConfig
 from craft.train.hooks import Hook
-from craft.train.loop import find_hook, fit, make_setup
+from craft.train.loop import find_hook, fit, make_setup, run_device
 from craft.train.stop import StopSignal
 
 
@@ -74,6 +75,13 @@ def _train(
         report = task_cls.prepare(configs) if world.main else None
         distributed.barrier()
         task = task_cls.open(configs, verified=True)  # rank 0's prepare checked it just now
+        # The planned accum_steps and remat are what trains and what config.gin records.
+        configs, plan = memory.plan_run(
+            configs, task, device=run_device(train_cfg.device, world.local_rank), world=world,
+            seed=run_cfg.seed,
+        )  # fmt: skip
+        if plan is not None and world.main:
+            print(plan.describe(), flush=True)
         setup = make_setup(configs, task, seed=run_cfg.seed)
         used = {name: cfg.model_dump(mode="json") for name, cfg in setup.configs.items()}
         changes = (

@@ -36,6 +36,7 @@ from craft.sweeps.report import write_report
 from craft.tasks.diffusion import Diffusion
 from craft.tasks.lm import report
 from craft.tracking import plot_run
+from craft.train import memory
 from craft.train.config import TrainConfig
 from craft.train.evaluate import evaluate
 from craft.train.quantized_params import dequantized, holds_quantized
@@ -304,10 +305,15 @@ class Commands:
         print(plot_run(Path(run)))
 
     def show_config(self) -> None:
-        """Print the effective configuration as gin text and the model size; runs nothing."""
+        """Print the effective configuration as gin text, the model size and, with
+        TrainConfig.memory_budget_mb, the memory plan (without its probe step); runs nothing."""
         configs = self._configs()
+        # First: a budget too small prints nothing else.
+        plan = memory.show_plan(configs, data_fields=_prepared_fields(configs))
         print(config.to_gin(configs.values()), end="")
         print(_model_size(configs))
+        for line in plan:
+            print(line)
 
     def fetch(self, source: str = "got", data_dir: str | None = None) -> None:
         """Download a named source (cached, verified): got (Game of Thrones season 1 scripts),
@@ -432,13 +438,8 @@ def _model_size(configs: dict[str, BaseModel]) -> str:
     spec = model_spec(_get(configs, TrainConfig).model)
     model = configs[spec.config.__name__]
     label = spec.name.upper()
+    model = model.model_copy(update=_prepared_fields(configs))
     missing = [name for name in spec.data_fields if getattr(model, name) is None]
-    if spec.data_fields == ("vocab_size",) and missing:
-        prepared = default_prepared_dir(_get(configs, DataConfig), _get(configs, TokenizerConfig))
-        if (prepared / "meta.json").is_file():
-            vocab = int(json.loads((prepared / "meta.json").read_text())["vocab_size"])
-            model = model.model_copy(update={"vocab_size": vocab})
-            missing = []
     if not missing:
         filled = ", ".join(
             f"{_SHORT.get(name, name)} {getattr(model, name):,}" for name in spec.data_fields
@@ -453,6 +454,19 @@ def _model_size(configs: dict[str, BaseModel]) -> str:
         f"# {label}: {one - per_entry:,} parameters + {per_entry:,} per "
         f"{_PER.get(field, field)} ({field} comes from the dataset once it is prepared)"
     )
+
+
+def _prepared_fields(configs: dict[str, BaseModel]) -> dict[str, int]:
+    """The model's data fields an already prepared text gives (its vocabulary size), when
+    the model config leaves them unset."""
+    spec = model_spec(_get(configs, TrainConfig).model)
+    model = configs[spec.config.__name__]
+    if spec.data_fields != ("vocab_size",) or getattr(model, "vocab_size", None) is not None:
+        return {}
+    prepared = default_prepared_dir(_get(configs, DataConfig), _get(configs, TokenizerConfig))
+    if not (prepared / "meta.json").is_file():
+        return {}
+    return {"vocab_size": int(json.loads((prepared / "meta.json").read_text())["vocab_size"])}
 
 
 def _prepare(data_cfg: DataConfig, tok_cfg: TokenizerConfig) -> PreparedData:

@@ -45,11 +45,17 @@ FREE_TO_CHANGE: Mapping[str, frozenset[str] | None] = {
             "compile",
             "compile_mode",
             "compile_scope",
+            # Micro-batches and recomputation change float rounding only (the loss is
+            # normalised by the whole batch's weight; dropout keys follow global rows), as
+            # compiling does: a budget may plan them differently on another machine.
+            "memory_budget_mb",
+            "accum_steps",
             "dist_timeout_s",
             "deterministic",
             "hooks",
         }
     ),
+    "GPTConfig": frozenset({"remat"}),
     "MetricsConfig": None,  # None: every field
     "TextSampleConfig": None,
 }

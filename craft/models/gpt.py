@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
 from craft.config import configurable
+from craft.models.gpt_memory import activation_bytes
 from craft.models.spec import ModelSpec
 from craft.nn import (
     cached_self_attention,
@@ -338,4 +339,5 @@ SPEC = ModelSpec(
     data_fields=("vocab_size",),
     context=lambda cfg: cfg.block_size,
     shrink=shrink,
+    activation_bytes=activation_bytes,
 )

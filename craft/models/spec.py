@@ -40,6 +40,10 @@ class ModelSpec:
     - `data_fields`: config fields a task fills from its data when left None
       (`vocab_size`, `num_classes`).
     - `context(cfg)`: a token model's longest sequence, when it has one.
+    - `activation_bytes(cfg, shape, remat) -> float`: an upper estimate of the bytes a fp32
+      training step holds for one example of `shape` beyond params, gradients and optimizer
+      state (saved activations, the backward's temporaries); `remat`: with activation
+      checkpointing. None: not worked out (the memory planner then measures).
     """
 
     name: str
@@ -52,6 +56,8 @@ class ModelSpec:
     data_fields: tuple[str, ...] = ()
     context: Callable[[Any], int | None] | None = None
     """The longest sequence a token model accepts (None: no limit, e.g. an RNN)."""
+    activation_bytes: Callable[[Any, tuple[int, ...], bool], float] | None = None
+    """Per-example training memory beyond the state, for the memory planner (see above)."""
     shrink: Callable[..., tuple[Params, Any]] | None = None
     """Structured pruning, where the model has it: `shrink(params, cfg, *, mlp=share of MLP
     neurons, heads=heads per block) -> (params, cfg)` of a smaller dense model."""

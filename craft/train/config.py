@@ -25,6 +25,15 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(12, gt=0)
     """Sequences per optimizer step (split into accum_steps micro-batches)."""
     accum_steps: int = Field(1, gt=0)
+    memory_budget_mb: float | None = Field(None, gt=0)
+    """Memory the training may take, in MiB (2**20 bytes): params, gradients, optimizer state
+    and activations, measured as the live memory above the level before the state is built
+    (CPU: the heap; GPU: torch.cuda.max_memory_allocated). Before training, Craft plans how
+    the batch fits: the micro-batch (accum_steps) and the model's activation checkpointing
+    (GPTConfig.remat), from an estimate checked by one measured step; it prints the plan and
+    records it in the run's config. A value you set yourself (accum_steps, remat) is kept and
+    checked instead of chosen. Too small a budget is refused with the smallest that fits.
+    None: no plan."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     clip_norm: float | None = Field(1.0, gt=0)
     compile: bool = True

@@ -108,6 +108,15 @@ class Setup:
             params = lora.attach(params, lora.init(params, self.lora, seed=self.seed))
         return params
 
+    def fresh_state(self, *, from_checkpoint: bool = True) -> TrainState:
+        """The state a run starts from: `initial_params` with the optimizer state, EMA and
+        pruning masks the configs ask for."""
+        return init_state(
+            self.initial_params(from_checkpoint=from_checkpoint), self.optimizer,
+            seed=self.seed, trainable=self.trainable, ema=self.train.ema_decay is not None,
+            pruned=self.pruned,
+        )  # fmt: skip
+
 
 def make_setup(configs: dict[str, BaseModel], task: Task, seed: int) -> Setup:
     """Pick the registered model, let the task fill and check its config, fill the schedule,
@@ -197,7 +206,7 @@ def fit(
             "TrainConfig.shard_optimizer shards every param's optimizer state: it does not "
             "support frozen params yet (TrainConfig.trainable, LoRA); turn one of them off"
         )
-    device = _device(train.device, world.local_rank)
+    device = run_device(train.device, world.local_rank)
     if train.threads:
         torch.set_num_threads(train.threads)
     loss_fn = functools.partial(task.loss, setup.apply)
@@ -205,11 +214,7 @@ def fit(
     # The whole state is built (and a checkpoint loaded) on the CPU; a sharded run moves only
     # its slice of the optimizer state to the device. A resumed run's checkpoint holds its
     # params, so init_from is not read again (it may be gone).
-    state = init_state(
-        setup.initial_params(from_checkpoint=resume is None), setup.optimizer,
-        seed=setup.seed, trainable=setup.trainable, ema=train.ema_decay is not None,
-        pruned=setup.pruned,
-    )  # fmt: skip
+    state = setup.fresh_state(from_checkpoint=resume is None)
     if resume is not None:
         state = _restore(checkpoint.resolve(resume, checkpoints), state)
     shards = None
@@ -517,7 +522,7 @@ def _load_hook(path: str) -> Hook:
     return hook
 
 
-def _device(name: str, local_rank: int) -> torch.device:
+def run_device(name: str, local_rank: int) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("TrainConfig.device = 'cuda', but no CUDA device is available")
     if name == "cpu" or not torch.cuda.is_available():
