@@ -23,7 +23,6 @@ import argparse
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.train_step import PeakHeap  # noqa: E402
+from benchmarks.workers import run_worker  # noqa: E402
 from craft.models import gpt  # noqa: E402
 from craft.models.spec import ModelSpec  # noqa: E402
 from craft.nn import next_token_loss  # noqa: E402
@@ -151,12 +151,7 @@ def plan_worker(name: str, batch: int, budget: float) -> dict[str, Any]:
 
 
 def spawn(job: list[Any], threads: int) -> Any:
-    command = [sys.executable, __file__, "--worker", json.dumps(job), "--threads", str(threads)]
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode != 0:
-        print(f"{job}: failed with exit code {result.returncode}", file=sys.stderr)
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, job, ["--threads", str(threads)])
 
 
 def main() -> None:

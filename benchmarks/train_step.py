@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.baseline_gpt import BaselineGPT, load_craft_params  # noqa: E402
+from benchmarks.workers import run_worker  # noqa: E402
 from craft import tree  # noqa: E402
 from craft.devices import peak_flops  # noqa: E402
 from craft.models import gpt  # noqa: E402
@@ -267,16 +267,8 @@ def device_name(device: torch.device) -> str:
 
 def spawn(args: argparse.Namespace, job: list[Any]) -> Any:
     options = {name: getattr(args, name) for name in ("steps", "warmup", "rounds", "threads")}
-    command = [sys.executable, __file__, "--worker", json.dumps(job)]
-    for name, value in options.items():
-        command += [f"--{name}", str(value)]
-    command += ["--graphs" if args.graphs else "--no-graphs"]
-    # The worker's stderr goes straight through: progress shows while it compiles.
-    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode != 0:
-        print(f"{job}: failed with exit code {result.returncode}", file=sys.stderr)
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    flags = [f"--{name}={value}" for name, value in options.items()]
+    return run_worker(__file__, job, [*flags, "--graphs" if args.graphs else "--no-graphs"])
 
 
 def main() -> None:
