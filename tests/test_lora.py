@@ -18,7 +18,7 @@ from craft.train import init_state, lora, make_train_step
 from craft.train.finetune import load_initial_params
 from craft.train.lora import LoRAConfig
 from craft.train.meta import CheckpointMeta
-from tests.test_finetune import batch, run_tiny, text_file  # noqa: F401 (a fixture)
+from tests.test_finetune import batch, run_tiny
 
 CFG = gpt.GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
 LORA = LoRAConfig(rank=2, alpha=4.0)
@@ -127,7 +127,7 @@ LORA_GIN = "LoRAConfig.rank = 2\nLoRAConfig.alpha = 4.0\n"
 
 def test_a_lora_run_resumes_bit_exactly_and_its_checkpoint_starts_another(
     tmp_path: Path,
-    text_file: Path,  # noqa: F811 (the fixture)
+    text_file: Path,
 ) -> None:
     source = Path(run_tiny(tmp_path / "base", text_file, steps=2)["checkpoint"])
     tuning = f"RunConfig.init_from = '{source}'\n" + LORA_GIN
