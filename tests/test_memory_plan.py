@@ -16,6 +16,7 @@ from craft.tasks import LanguageModeling
 from craft.train import init_state, make_train_step, memory, to_device
 from craft.train.config import TrainConfig
 from craft.train.loop import make_setup
+from craft.train.peak_memory import PeakMemory
 from tests.conftest import CliRunner, craft_configs
 
 TEXT = "".join(f"SPEAKER_{i % 5}: words of line {i}, said plainly.\n" for i in range(300))
@@ -51,8 +52,8 @@ def measured_step_mib(configs: dict[str, Any], task: LanguageModeling) -> float:
     """The peak heap of building the state and one step, as planned, above the level before."""
     setup = make_setup(configs, task, seed=0)
     train = setup.train
-    with memory.PeakMemory(CPU) as meter:
-        state = to_device(memory._fresh_state(setup), CPU)
+    with PeakMemory(CPU) as meter:
+        state = to_device(setup.fresh_state(from_checkpoint=False), CPU)
         step = make_train_step(
             lambda p, b, *, rng: task.loss(setup.apply, p, b, rng=rng),
             setup.optimizer, setup.schedule, accum_steps=train.accum_steps,
@@ -61,6 +62,8 @@ def measured_step_mib(configs: dict[str, Any], task: LanguageModeling) -> float:
         )  # fmt: skip
         state, _ = step(state, task.train_batch(seed=0, step=0, size=train.batch_size))
         del state, step
+    held = memory.state_bytes(setup)
+    assert meter.peak >= held.params + held.optimizer  # the meter sees at least the state
     return meter.peak / memory.MIB
 
 
