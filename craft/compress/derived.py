@@ -59,11 +59,5 @@ def write_derived(
     return path
 
 
-def derived_from(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """What a checkpoint's record says it was derived by, or None (a run's own)."""
-    found = meta.get("derived")
-    return found if isinstance(found, dict) else None
-
-
 def _is_checkpoint(path: Path) -> bool:
     return path.name.startswith("step-") and ".safetensors" in path.name
