@@ -22,6 +22,11 @@ class DiskFullError(CraftError):
     """A file could not be written for lack of space (or a file-size or quota limit)."""
 
 
+def holds_files(folder: Path) -> bool:
+    """Whether `folder` exists as anything but an empty folder (a new output must not)."""
+    return folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+
+
 def is_out_of_space(error: BaseException) -> bool:
     """Whether `error` is a full disk, a quota or a file-size limit."""
     if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from craft import config, distributed
 from craft import resume as resuming
 from craft.errors import ConfigError
+from craft.files import holds_files
 from craft.resume import Resumption
 from craft.runs import RunConfig, create_run_dir, write_effective_config
 from craft.summaries import print_summary, write_summary
@@ -163,7 +164,7 @@ def _record_config(
 
 def check_new_run_dir(run_dir: Path) -> None:
     """A folder a new run may be written into: absent, or an empty folder."""
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if holds_files(run_dir):
         raise ConfigError(
             f"--run_dir={run_dir} already holds files: give a new folder, or continue the run "
             f"that is there with --resume={run_dir}"

@@ -14,12 +14,13 @@ from typing import Any
 
 from craft import checkpoint
 from craft.errors import ConfigError
+from craft.files import holds_files
 from craft.train.meta import CheckpointMeta
 
 
 def check_output(output: Path, source: Path) -> None:
     """A new or empty folder that is not the source's own."""
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    if holds_files(output):
         raise ConfigError(
             f"--output={output} already holds files: give a new folder (the derived "
             "checkpoint and its tokenizer are written there)"

@@ -11,7 +11,7 @@ from craft import tree
 from craft.compress.derived import write_derived
 from craft.errors import ConfigError
 from craft.train.lora import LoRAConfig
-from craft.train.pruning import MASKS, apply_masks, magnitude_mask, pruned_names
+from craft.train.pruning import MASKS, Pruner, apply_masks, magnitude_mask, pruned_names
 from craft.train.quantized_params import quantization_of
 from craft.train.weights import load_model
 
@@ -82,8 +82,6 @@ def prune_checkpoint(
     return path, {
         "checkpoint": str(path),
         "pruned_weights": len(names),
-        "sparsity_of_pruned": 1
-        - sum(int(m.sum()) for m in tree.leaves(masks))
-        / max(1, sum(m.numel() for m in tree.leaves(masks))),
+        "sparsity_of_pruned": Pruner.sparsity(masks),
         "zero_share_of_all_params": zeros / before,
     }

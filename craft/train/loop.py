@@ -40,7 +40,7 @@ from craft.train.meta import CheckpointMeta
 from craft.train.pruning import MASKS, PruneConfig, Pruner, pruned_names
 from craft.train.sharded import OptimizerShards
 from craft.train.state import TrainState, init_state, to_device
-from craft.train.step import compile_scope_for, make_train_step
+from craft.train.step import StepFn, compile_scope_for, make_train_step
 from craft.train.stop import Stopped, StopSignal
 from craft.train.weights import EMA
 from craft.tree import Params
@@ -115,6 +115,24 @@ class Setup:
             self.initial_params(from_checkpoint=from_checkpoint), self.optimizer,
             seed=self.seed, trainable=self.trainable, ema=self.train.ema_decay is not None,
             pruned=self.pruned,
+        )  # fmt: skip
+
+    def make_step(
+        self, device: torch.device, *, rank: int | None = None,
+        shards: OptimizerShards | None = None,
+        grad_sync: Callable[[list[torch.Tensor]], None] | None = None,
+    ) -> StepFn:  # fmt: skip
+        """The training step TrainConfig describes, on the task's loss (the run's and the
+        memory planner's probe step are built here alike)."""
+        train = self.train
+        return make_train_step(
+            functools.partial(self.task.loss, self.apply), self.optimizer, self.schedule,
+            precision=train.precision, accum_steps=train.accum_steps,
+            clip_norm=train.clip_norm, compile=train.compile, compile_mode=train.compile_mode,
+            compile_scope=train.compile_scope, grad_sync=grad_sync, shards=shards, rank=rank,
+            deterministic=train.deterministic if train.deterministic is not None
+            else device.type == "cpu",
+            trainable=self.trainable, ema_decay=train.ema_decay, ema_warmup=train.ema_warmup,
         )  # fmt: skip
 
 
@@ -209,7 +227,6 @@ def fit(
     device = run_device(train.device, world.local_rank)
     if train.threads:
         torch.set_num_threads(train.threads)
-    loss_fn = functools.partial(task.loss, setup.apply)
     checkpoints = run_dir / "checkpoints"
     # The whole state is built (and a checkpoint loaded) on the CPU; a sharded run moves only
     # its slice of the optimizer state to the device. A resumed run's checkpoint holds its
@@ -232,15 +249,9 @@ def fit(
             shutil.copy2(path, checkpoints / path.name)
 
     compiled = compile_scope_for(train.compile, train.compile_scope, train.compile_mode, device)
-    step_fn = make_train_step(
-        loss_fn, setup.optimizer, setup.schedule, precision=train.precision,
-        accum_steps=train.accum_steps, clip_norm=train.clip_norm, compile=train.compile,
-        compile_mode=train.compile_mode, compile_scope=train.compile_scope,
+    step_fn = setup.make_step(
+        device, rank=world.rank, shards=shards,
         grad_sync=distributed.all_reduce_sum if world.size > 1 and shards is None else None,
-        shards=shards, rank=world.rank,
-        deterministic=train.deterministic if train.deterministic is not None
-        else device.type == "cpu",
-        trainable=setup.trainable, ema_decay=train.ema_decay, ema_warmup=train.ema_warmup,
     )  # fmt: skip
     holder = {"state": state}
     pruner = Pruner(setup.pruning, train.steps) if setup.pruning is not None else None
@@ -316,7 +327,7 @@ def fit(
             if pruner is not None:
                 state = holder["state"]
                 pruner.after_update(state.params, state.masks, state.ema, step)
-                metrics["sparsity"] = Pruner.sparsity(state.masks)
+                metrics["sparsity"] = pruner.current or 0.0
             if not math.isfinite(metrics["loss"]) and train.precision != "fp16":
                 last = checkpoint.list_checkpoints(checkpoints)
                 raise TrainingError(

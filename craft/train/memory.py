@@ -22,7 +22,7 @@ checkpointing, unless checkpointing lets a small model's micro-batch grow severa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -38,7 +38,6 @@ from craft.train.config import TrainConfig
 from craft.train.loop import Setup, make_setup
 from craft.train.peak_memory import PeakMemory
 from craft.train.state import TrainState, to_device
-from craft.train.step import make_train_step
 
 MIB = 2**20
 MAX_PROBES = 3
@@ -364,14 +363,7 @@ def _probe(
         torch.set_num_threads(train.threads)
     with PeakMemory(device, base=rest) as meter:
         state = to_device(setup.fresh_state(from_checkpoint=False), device)
-        step = make_train_step(
-            _loss(setup), setup.optimizer, setup.schedule, precision=train.precision,
-            accum_steps=train.accum_steps, clip_norm=train.clip_norm, compile=train.compile,
-            compile_mode=train.compile_mode, compile_scope=train.compile_scope,
-            rank=world.rank, trainable=setup.trainable, ema_decay=train.ema_decay,
-            deterministic=train.deterministic if train.deterministic is not None
-            else device.type == "cpu",
-        )  # fmt: skip
+        step = setup.make_step(device, rank=world.rank)
         batch = distributed.shard(task.train_batch(seed=seed, step=0, size=train.batch_size), world)
         batch = {name: value.to(device) for name, value in batch.items()}
         state, metrics = step(state, batch)
@@ -477,15 +469,6 @@ def _per_rank(train: TrainConfig, ranks: int) -> int:
             f"TrainConfig.batch_size = {train.batch_size} does not split over {ranks} ranks"
         )
     return train.batch_size // ranks
-
-
-def _loss(setup: Setup) -> Callable[..., Any]:
-    task = setup.task
-
-    def loss(params: Any, batch: Any, *, rng: torch.Tensor | None) -> Any:
-        return task.loss(setup.apply, params, batch, rng=rng)
-
-    return loss
 
 
 def _nbytes(value: Any) -> int:

@@ -12,7 +12,6 @@ with the schedule from its step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from craft import tree
 from craft.config import configurable
 from craft.errors import ConfigError
+from craft.optim.masks import matches
 from craft.tree import Params
 
 MASKS = "masks"
@@ -92,9 +92,9 @@ def pruned_names(params: Params, patterns: Sequence[str]) -> list[str]:
     chosen = [
         name
         for name, leaf in named.items()
-        if leaf.ndim >= 2 and any(fnmatchcase(name, p) for p in patterns)
+        if leaf.ndim >= 2 and any(matches(name, p) for p in patterns)
     ]
-    idle = [p for p in patterns if not any(fnmatchcase(name, p) for name in chosen)]
+    idle = [p for p in patterns if not any(matches(name, p) for name in chosen)]
     if idle:
         raise ConfigError(
             f"PruneConfig.targets: {', '.join(repr(p) for p in idle)} selects no weight of 2 "
@@ -114,6 +114,8 @@ def init_masks(params: Params, names: Sequence[str]) -> Params:
 def apply_masks(params: Params, masks: Params) -> None:
     """Zero the pruned entries of `params` in place: each mask multiplies the param of its
     name (params without a mask, and masks without a param, as in a partial EMA, are left)."""
+    if not masks:  # pruning off: nothing to walk (the step calls this after every update)
+        return
     named, flat = tree.to_dotted(params), tree.to_dotted(masks)
     pairs = [(named[name], mask) for name, mask in flat.items() if name in named]
     if pairs:
@@ -126,6 +128,8 @@ class Pruner:
     def __init__(self, cfg: PruneConfig, total_steps: int):
         self.cfg = cfg
         self.start, self.end = cfg.start_step, cfg.end(total_steps)
+        self.current: float | None = None
+        """The masks' sparsity, counted when they change (not every step)."""
 
     def due(self, step: int) -> bool:
         """Whether the masks are recomputed once the state reaches `step`."""
@@ -136,6 +140,8 @@ class Pruner:
         """At a schedule step: masks from the weights' magnitudes, then params and EMA masked,
         all in place (the step's compiled graphs keep reading the same tensors)."""
         if not self.due(step):
+            if self.current is None:  # a resumed run's masks, counted once
+                self.current = self.sparsity(masks)
             return
         sparsity = sparsity_at(step, self.cfg.sparsity, self.start, self.end)
         named = tree.to_dotted(params)
@@ -144,6 +150,7 @@ class Pruner:
                 mask.copy_(magnitude_mask(named[name], sparsity))
             apply_masks(params, masks)
             apply_masks(ema, masks)
+        self.current = self.sparsity(masks)
 
     @staticmethod
     def sparsity(masks: Params) -> float:

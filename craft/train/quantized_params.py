@@ -111,11 +111,11 @@ def load_quantized(path: Path, shapes: Params, quantization: Quantization) -> Pa
         like.update(_stored_like(name, tuple(shape.shape), quantization))
     loaded, _ = checkpoint.load(path, like=tree.from_dotted(like))
     named = tree.to_dotted(loaded.get("params", {}))
+    stored = tree.to_dotted(loaded.get(QUANTIZED, {}))
     for name in quantization.weights:
-        held = tree.to_dotted(loaded[QUANTIZED]).items()
-        parts = {key.rpartition(".")[2]: value for key, value in held if key.startswith(name + ".")}
-        _check_scales(path, name, parts["scales"])
-        named[name] = QuantizedWeight(parts["values"], parts["scales"], parts.get("lows"))
+        scales = stored[f"{name}.scales"]
+        _check_scales(path, name, scales)
+        named[name] = QuantizedWeight(stored[f"{name}.values"], scales, stored.get(f"{name}.lows"))
     return tree.from_dotted({name: named[name] for name in expected}, like=shapes)
 
 
